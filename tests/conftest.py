@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+RACCOON = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "raccoon"
+
+
+@pytest.fixture(scope="session")
+def raccoon() -> Path:
+    if not (RACCOON / "annotations").is_dir():
+        pytest.skip("../shared/datasets/raccoon is not present")
+    return RACCOON
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rcnn.synth import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("synth"), images=12, seed=3)
+
+
+@pytest.fixture(scope="session")
+def synth_parsed(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rcnn.parse import parse_dataset
+
+    out = tmp_path_factory.mktemp("parsed") / "parsed.json"
+    parse_dataset(synth_data).save(out)
+    return out
+
+
+def write_image(path: Path, width: int = 64, height: int = 48, mode: str = "RGB") -> Path:
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+    im = Image.fromarray(arr)
+    if mode != "RGB":
+        im = im.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+    return path
+
+
+def voc_xml(filename: str | None, objects: list[tuple], size: tuple[int, int] | None = (64, 48)) -> str:
+    """objects: (name, xmin, ymin, xmax, ymax[, difficult]) with any values (strings allowed)."""
+    parts = ["<annotation>"]
+    if filename is not None:
+        parts.append(f"<filename>{filename}</filename>")
+    if size is not None:
+        parts.append(f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>")
+    for o in objects:
+        name, box = o[0], o[1:5]
+        diff = f"<difficult>{o[5]}</difficult>" if len(o) > 5 else ""
+        parts.append(
+            f"<object><name>{name}</name>{diff}<bndbox><xmin>{box[0]}</xmin><ymin>{box[1]}</ymin>"
+            f"<xmax>{box[2]}</xmax><ymax>{box[3]}</ymax></bndbox></object>"
+        )
+    parts.append("</annotation>")
+    return "".join(parts)
