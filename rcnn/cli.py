@@ -103,5 +103,80 @@ def synth(out: Path, n_images: int, seed: int, width: int, height: int) -> None:
     click.echo(f"{n_images} images written to {out}")
 
 
+# --------------------------------------------------------------------------- propose
+
+
+def propose_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Selective-search options shared by `propose`, `detect` and `pipeline`."""
+    for opt in reversed([
+        click.option("--mode", type=click.Choice(["fast", "quality"]), default=None, help="Selective-search strategy [default: fast]."),
+        click.option("--max-side", type=click.IntRange(0), default=None, help="Run selective search on a copy whose long side is at most N pixels; 0 = full size [default: 300]."),
+        click.option("--max-proposals", type=click.IntRange(1), default=None, help="Keep at most N proposals per image [default: 2000]."),
+        click.option("--min-size", type=click.IntRange(0), default=None, help="Drop proposals narrower or shorter than N pixels [default: 10]."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def propose_config(base: Any = None, **overrides: Any) -> Any:
+    from dataclasses import replace
+
+    from .propose import ProposeConfig
+
+    base = base or ProposeConfig()
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@main.command()
+@click.argument("parsed", type=EXISTING_FILE)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Proposals folder (re-runs reuse what it holds).")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="all", help="Which images to process.")
+@propose_options
+@click.option("--seed", type=int, default=0, help="Seed of the proposal order (libc rand, used by OpenCV).")
+@click.option("--workers", type=click.IntRange(0), default=0, help="Processes; 0 = one per CPU core.")
+@handle_errors
+def propose(parsed: Path, out: Path, split: str, mode: str | None, max_side: int | None, max_proposals: int | None,
+            min_size: int | None, seed: int, workers: int) -> None:
+    """Selective-search region proposals for the images of PARSED (from `rcnn parse`)."""
+    from .parse import Dataset
+    from .propose import format_report, propose_dataset
+
+    config = propose_config(mode=mode, max_side=max_side, max_proposals=max_proposals, min_size=min_size, seed=seed)
+    report = propose_dataset(Dataset.load(parsed), out, config, split=split, workers=workers)
+    click.echo(format_report(report))
+    click.echo(f"proposals saved to {out}")
+
+
+# --------------------------------------------------------------------------- crop
+
+
+@main.command()
+@click.argument("parsed", type=EXISTING_FILE)
+@click.argument("proposals", type=EXISTING_DIR)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Region-set folder (re-runs reuse finished images).")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", help="Which images to use.")
+@click.option("--pos-iou", type=click.FloatRange(0, 1, min_open=True), default=0.5, help="A region is an object at IoU >= this with a ground-truth box.")
+@click.option("--neg-iou", type=click.FloatRange(0, 1), default=0.5, help="A region is background below this IoU; regions in between are ignored.")
+@click.option("--neg-per-image", type=click.IntRange(-1), default=64, help="Background regions sampled per image (every positive is kept); -1 keeps all.")
+@click.option("--size", type=click.IntRange(8), default=224, help="Side of the warped crops in pixels.")
+@click.option("--context", type=click.IntRange(0), default=16, help="Pixels of surrounding image kept around each region at that size (R-CNN: 16).")
+@click.option("--codec", type=click.Choice(["jpeg", "png"]), default="jpeg", help="How crops are stored: jpeg (quality 95, small) or png (lossless).")
+@click.option("--format", "fmt", type=click.Choice(["shards", "imagefolder"]), default="shards", help="imagefolder also writes a torchvision ImageFolder tree of files.")
+@click.option("--no-gt", is_flag=True, help="Do not add the ground-truth boxes themselves as positives.")
+@click.option("--seed", type=int, default=0, help="Background sampling seed.")
+@handle_errors
+def crop(parsed: Path, proposals: Path, out: Path, split: str, pos_iou: float, neg_iou: float, neg_per_image: int,
+         size: int, context: int, codec: str, fmt: str, no_gt: bool, seed: int) -> None:
+    """Label the proposals of PARSED by IoU and store the region training set."""
+    from .crop import CropConfig, crop_dataset, format_report
+    from .parse import Dataset
+
+    config = CropConfig(pos_iou=pos_iou, neg_iou=neg_iou, neg_per_image=neg_per_image, size=size, context=context,
+                        codec=codec, include_gt=not no_gt, seed=seed)
+    report = crop_dataset(Dataset.load(parsed), proposals, out, config, split=split, imagefolder=fmt == "imagefolder")
+    click.echo(format_report(report))
+    click.echo(f"region set saved to {out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -100,7 +100,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
                 im = im.convert("RGBA")
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(background, im)
-            return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            return np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy
     except FileNotFoundError:
         raise DataError(f"image not found: {path}") from None
     except Image.DecompressionBombError:

@@ -1,0 +1,323 @@
+"""Stage 3: label every proposal by IoU with the ground truth and build the region training set.
+
+Each image's kept regions are warped to ``size`` x ``size`` with ``context`` pixels
+of surround (R-CNN used 16) by :func:`torchvision.ops.roi_align`, encoded (JPEG by
+default) and stored in one shard per image (``shards/<id>.npz``: the encoded bytes
+with their offsets, boxes, labels, IoUs and regression targets; numeric arrays
+only, no pickle). ``index.csv`` lists every region, ``meta.json`` holds the class
+names, counts and inverse-frequency class weights that ``rcnn train`` uses.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import shutil
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torchvision.ops import roi_align
+
+from .boxes import box_iou, clip_boxes, encode, expand_for_context
+from .errors import DataError
+from .io import atomic_path, load_rgb, read_json, write_json, write_text
+from .parse import Annotation, Dataset
+from .propose import ProposalSet
+
+BACKGROUND = "background"
+CODECS = ("jpeg", "png")
+IGNORE = -1
+
+
+@dataclass
+class CropConfig:
+    """How regions are labelled, sampled and stored."""
+
+    pos_iou: float = 0.5  # object when IoU with a ground-truth box >= this (the reference pipeline's 0.5)
+    neg_iou: float = 0.5  # background when the best IoU < this; in between: ignored
+    neg_per_image: int = 64  # background regions sampled per image (every positive is kept); -1 keeps all
+    size: int = 224  # warped crop side in pixels
+    context: int = 16  # pixels of surrounding image kept around the box at that size (R-CNN: 16)
+    codec: str = "jpeg"  # "jpeg" (small, quality 95) or "png" (lossless)
+    quality: int = 95  # JPEG quality
+    include_gt: bool = True  # ground-truth boxes themselves are positives too
+    seed: int = 0  # background sampling seed
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.pos_iou <= 1.0 or not 0.0 <= self.neg_iou <= self.pos_iou:
+            raise ValueError(f"need 0 <= neg_iou <= pos_iou <= 1, got neg_iou={self.neg_iou}, pos_iou={self.pos_iou}")
+        if self.codec not in CODECS:
+            raise ValueError(f"'codec={self.codec}' is invalid; valid codecs are {', '.join(CODECS)}")
+        if self.size < 8 or not 0 <= 2 * self.context < self.size:
+            raise ValueError(f"'size={self.size}', 'context={self.context}' are invalid; need size >= 8 and 0 <= context < size / 2")
+
+
+def label_regions(
+    proposals: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray, pos_iou: float, neg_iou: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label each proposal by its best-overlapping ground-truth box.
+
+    Args:
+        proposals (ndarray[N, 4]), gt_boxes (ndarray[G, 4]): (x1, y1, x2, y2) in pixels.
+        gt_labels (ndarray[G] int): class ids, 1-based (0 is background).
+
+    Returns:
+        labels (ndarray[N] int64): the matched class id when IoU >= ``pos_iou``, 0 (background)
+        when IoU < ``neg_iou``, -1 (ignore) in between; ious (ndarray[N] float32): the best IoU;
+        matched (ndarray[N] int64): index of the best ground-truth box, -1 when there is none.
+    """
+    n = len(proposals)
+    if n == 0 or len(gt_boxes) == 0:
+        return np.zeros(n, np.int64), np.zeros(n, np.float32), np.full(n, -1, np.int64)
+    iou = box_iou(proposals, gt_boxes)  # (N, G)
+    matched = iou.argmax(axis=1)
+    best = iou[np.arange(n), matched]
+    labels = np.where(best >= pos_iou, np.asarray(gt_labels, np.int64)[matched], IGNORE)
+    labels[best < neg_iou] = 0
+    return labels.astype(np.int64), best.astype(np.float32), np.where(best > 0, matched, -1).astype(np.int64)
+
+
+def select_regions(labels: np.ndarray, neg_per_image: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices to keep: every positive and up to ``neg_per_image`` random backgrounds (-1: all), in order."""
+    pos = np.flatnonzero(labels > 0)
+    neg = np.flatnonzero(labels == 0)
+    if 0 <= neg_per_image < len(neg):
+        neg = rng.choice(neg, size=neg_per_image, replace=False)
+    return np.sort(np.concatenate([pos, neg]))
+
+
+def warp_regions(image: np.ndarray, boxes: np.ndarray, size: int, context: int, chunk: int = 64) -> np.ndarray:
+    """Warp each box (grown by ``context``, clipped to the image) to ``size`` x ``size``.
+
+    Uses :func:`torchvision.ops.roi_align` with adaptive sampling, so large boxes are
+    area-averaged rather than aliased. The same function prepares crops at test time.
+
+    Args:
+        image (ndarray[H, W, 3] uint8): RGB.
+        boxes (ndarray[N, 4]): (x1, y1, x2, y2) in pixels.
+
+    Returns:
+        ndarray[N, size, size, 3] uint8.
+    """
+    if len(boxes) == 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    h, w = image.shape[:2]
+    grown = clip_boxes(expand_for_context(boxes, size, context), w, h)
+    img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    out = np.empty((len(boxes), size, size, 3), np.uint8)
+    for s in range(0, len(boxes), chunk):
+        b = torch.from_numpy(grown[s : s + chunk])
+        rois = torch.cat([torch.zeros(len(b), 1), b], dim=1)
+        crops = roi_align(img, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        out[s : s + chunk] = crops.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def encode_crops(crops: np.ndarray, codec: str = "jpeg", quality: int = 95) -> tuple[np.ndarray, np.ndarray]:
+    """Encode RGB crops; returns (all bytes as uint8[B], offsets int64[N + 1])."""
+    ext, params = (".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality]) if codec == "jpeg" else (".png", [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    chunks = []
+    for c in crops:
+        ok, buf = cv2.imencode(ext, c[:, :, ::-1], params)
+        if not ok:  # pragma: no cover - OpenCV always encodes uint8 HxWx3
+            raise RuntimeError("OpenCV failed to encode a crop")
+        chunks.append(buf.ravel())
+    offsets = np.zeros(len(chunks) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(c) for c in chunks])
+    data = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+    return data, offsets
+
+
+def decode_crop(data: np.ndarray) -> np.ndarray:
+    """Decode one encoded crop to RGB uint8[H, W, 3]."""
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError("a stored crop could not be decoded (corrupt shard)")
+    return img[:, :, ::-1]
+
+
+def class_weights(counts: dict[str, int]) -> dict[str, float]:
+    """Inverse-frequency weights n_samples / (n_classes * count_c), as scikit-learn's "balanced".
+
+    Classes with no sample get weight 0 (nothing to weigh).
+    """
+    total = sum(counts.values())
+    present = [c for c, n in counts.items() if n > 0]
+    return {c: (round(total / (len(present) * n), 6) if n > 0 else 0.0) for c, n in counts.items()}
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def crop_image(ann: Annotation, proposals: np.ndarray, classes: list[str], config: CropConfig) -> dict[str, np.ndarray]:
+    """Label, sample, warp and encode the regions of one image.
+
+    Returns:
+        Arrays of one shard: ``data``, ``offsets``, ``boxes``, ``labels`` (class ids, 0 background),
+        ``ious``, ``targets`` (dx, dy, dw, dh; zeros for background) and ``n_ignored``.
+    """
+    gt = ann.boxes()
+    gt_labels = np.array([classes.index(l) for l in ann.labels()], np.int64)  # classes[0] is background
+    boxes = np.concatenate([gt, proposals]) if config.include_gt and len(gt) else proposals
+    labels, ious, matched = label_regions(boxes, gt, gt_labels, config.pos_iou, config.neg_iou)
+    rng = np.random.default_rng([config.seed, zlib.crc32(ann.id.encode())])
+    keep = select_regions(labels, config.neg_per_image, rng)
+    n_ignored = int((labels == IGNORE).sum())
+    n_unsampled = int((labels == 0).sum()) - int((labels[keep] == 0).sum())
+    boxes, labels, ious, matched = boxes[keep], labels[keep], ious[keep], matched[keep]
+    targets = np.zeros((len(keep), 4), np.float32)
+    pos = labels > 0
+    if pos.any():
+        targets[pos] = encode(boxes[pos], gt[matched[pos]])
+    crops = warp_regions(load_rgb(ann.path), boxes, config.size, config.context)
+    data, offsets = encode_crops(crops, config.codec, config.quality)
+    return {
+        "data": data,
+        "offsets": offsets,
+        "boxes": boxes.astype(np.float32),
+        "labels": labels,
+        "ious": ious,
+        "targets": targets,
+        "n_ignored": np.array(n_ignored),  # proposals between neg_iou and pos_iou, not kept
+        "n_unsampled": np.array(n_unsampled),  # background proposals left out by sampling
+    }
+
+
+def _write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_shard(path: str | Path) -> dict[str, np.ndarray]:
+    """Read one shard written by :func:`crop_dataset` (no pickle)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zlib.error) as e:
+        raise DataError(f"crop shard {path} is corrupt: {e}") from None
+
+
+def crop_dataset(
+    dataset: Dataset,
+    proposals_dir: str | Path,
+    out: str | Path,
+    config: CropConfig | None = None,
+    split: str = "train",
+    imagefolder: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build the region training set of ``split`` into ``out``; resumable.
+
+    Returns:
+        The report (also ``out/report.json``): kept regions per class, class weights, sizes, seconds.
+    """
+    from tqdm import tqdm
+
+    config = config or CropConfig()
+    out = Path(out)
+    pset = ProposalSet.load(proposals_dir)
+    images = dataset.split(split)
+    if not images:
+        raise DataError(f"no images in split '{split}'")
+    missing = [a.id for a in images if a.id not in set(pset.ids)]
+    if missing:
+        raise DataError(f"{len(missing)} {split} images have no proposals in {proposals_dir} (first: {missing[0]}); run `rcnn propose --split {split}`")
+    classes = [BACKGROUND] + list(dataset.classes)
+    settings = {"config": asdict(config), "classes": classes, "proposals": str(Path(proposals_dir).resolve())}
+    meta_path = out / "settings.json"
+    if meta_path.exists() and read_json(meta_path, "crop settings") != settings:
+        print("crop settings changed; rebuilding the region set", flush=True)
+        shutil.rmtree(out / "shards", ignore_errors=True)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    write_json(meta_path, settings)
+
+    start = time.perf_counter()
+    torch_threads = torch.get_num_threads()
+    reused = 0
+    for a in tqdm(images, desc="crop", unit="img", disable=not progress):
+        shard = out / "shards" / f"{a.id}.npz"
+        if shard.exists():
+            reused += 1
+            continue
+        _write_shard(shard, crop_image(a, pset.boxes(a.id), classes, config))
+    torch.set_num_threads(torch_threads)
+
+    # assemble the index, counts and weights from the shards
+    rows = []
+    kept = {c: 0 for c in classes}
+    ignored = unsampled = 0
+    shard_bytes = 0
+    for a in images:
+        path = out / "shards" / f"{a.id}.npz"
+        s = load_shard(path)
+        shard_bytes += path.stat().st_size
+        ignored += int(s["n_ignored"])
+        unsampled += int(s["n_unsampled"])
+        for k in range(len(s["labels"])):
+            label = classes[int(s["labels"][k])]
+            kept[label] += 1
+            rows.append([a.id, k, *np.round(s["boxes"][k], 2).tolist(), label, int(s["labels"][k]),
+                         round(float(s["ious"][k]), 4), *np.round(s["targets"][k], 5).tolist()])
+    weights = class_weights(kept)
+    buf = _io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["image", "k", "x1", "y1", "x2", "y2", "label", "class_id", "iou", "dx", "dy", "dw", "dh"])
+    w.writerows(rows)
+    write_text(out / "index.csv", buf.getvalue())
+    if imagefolder:
+        _write_imagefolder(out, images, classes, config.codec)
+    meta = {
+        "format": "rcnn-crops-v1",
+        "classes": classes,
+        "counts": kept,
+        "class_weights": weights,
+        "images": [a.id for a in images],
+        "split": split,
+        "config": asdict(config),
+        "propose": asdict(pset.config),
+    }
+    write_json(out / "meta.json", meta)
+    report = {
+        "images": len(images),
+        "regions": len(rows),
+        "kept": kept,
+        "ignored": ignored,
+        "background_not_sampled": unsampled,
+        "class_weights": weights,
+        "bytes": shard_bytes,
+        "seconds": round(time.perf_counter() - start, 2),
+        "reused_images": reused,
+        "config": asdict(config),
+    }
+    write_json(out / "report.json", report)
+    return report
+
+
+def _write_imagefolder(out: Path, images: list[Annotation], classes: list[str], codec: str) -> None:
+    ext = ".jpg" if codec == "jpeg" else ".png"
+    root = out / "imagefolder"
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+    for a in images:
+        s = load_shard(out / "shards" / f"{a.id}.npz")
+        for k, label in enumerate(s["labels"]):
+            blob = s["data"][s["offsets"][k] : s["offsets"][k + 1]].tobytes()
+            (root / classes[int(label)] / f"{a.id}_{k:05d}{ext}").write_bytes(blob)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"{report['regions']} regions from {report['images']} images ({report['ignored']} ignored between the IoU thresholds, {report['background_not_sampled']} background not sampled), "
+        f"{report['bytes'] / 1e6:.1f} MB, {report['seconds']} s",
+        f"{'class':<20}{'kept':>8}{'weight':>10}",
+    ]
+    for c, n in report["kept"].items():
+        lines.append(f"{c:<20}{n:>8}{report['class_weights'][c]:>10.3f}")
+    return "\n".join(lines)
