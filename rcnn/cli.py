@@ -178,5 +178,42 @@ def crop(parsed: Path, proposals: Path, out: Path, split: str, pos_iou: float, n
     click.echo(f"region set saved to {out}")
 
 
+# --------------------------------------------------------------------------- train
+
+
+@main.command("train")
+@click.argument("crops", type=EXISTING_DIR)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder to write.")
+@click.option("--backbone", type=click.Choice(["mobilenet_v2", "efficientnet_lite0"]), default="mobilenet_v2", help="Feature extractor (efficientnet_lite0 has ImageNet weights that work offline).")
+@click.option("--weights", default="imagenet", help="imagenet, none (random), or a path to a state dict.")
+@click.option("--freeze-backbone/--fine-tune", default=True, help="Train only the head on cached features (default), or the whole network.")
+@click.option("--epochs", type=click.IntRange(1), default=10, help="Training epochs.")
+@click.option("--batch-size", type=click.IntRange(2), default=128, help="Regions per batch.")
+@click.option("--fg-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25, help="Share of object regions in each batch (R-CNN: 32 of 128).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", help="SGD with momentum 0.9, or Adam.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="Learning rate.")
+@click.option("--class-weights", default="auto", help="auto (inverse frequency from the crop metadata), none, or one number per class: w_background,w_1,...")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, help="Share of images held out for validation.")
+@click.option("--hflip", is_flag=True, help="Horizontal-flip augmentation (cached too when the backbone is frozen).")
+@click.option("--input-size", type=click.IntRange(0), default=0, help="Network input side in pixels; 0 = the crop size.")
+@click.option("--seed", type=int, default=0, help="Random seed (split, batches, initialisation).")
+@click.option("--device", default="auto", help="auto (GPU when there is one), cpu or cuda.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/checkpoint.pt.")
+@handle_errors
+def train_cmd(crops: Path, out: Path, backbone: str, weights: str, freeze_backbone: bool, epochs: int, batch_size: int,
+              fg_fraction: float, optimizer: str, lr: float, class_weights: str, val_fraction: float, hflip: bool,
+              input_size: int, seed: int, device: str, resume: bool) -> None:
+    """Train the region classifier on the region set CROPS (from `rcnn crop`)."""
+    from .train import TrainConfig, format_report, train
+
+    config = TrainConfig(backbone=backbone, weights=weights, freeze_backbone=freeze_backbone, epochs=epochs,
+                         batch_size=batch_size, fg_fraction=fg_fraction, optimizer=optimizer, lr=lr,
+                         class_weights=class_weights, val_fraction=val_fraction, hflip=hflip, input_size=input_size,
+                         seed=seed, device=device)
+    report = train(crops, out, config, resume=resume)
+    click.echo(format_report(report))
+    click.echo(f"model saved to {out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

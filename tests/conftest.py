@@ -59,3 +59,34 @@ def voc_xml(filename: str | None, objects: list[tuple], size: tuple[int, int] | 
         )
     parts.append("</annotation>")
     return "".join(parts)
+
+
+@pytest.fixture(scope="session")
+def synth_props(synth_parsed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rcnn.parse import Dataset
+    from rcnn.propose import ProposeConfig, propose_dataset
+
+    out = tmp_path_factory.mktemp("props")
+    propose_dataset(Dataset.load(synth_parsed), out, ProposeConfig(max_side=200), workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_crops(synth_parsed: Path, synth_props: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rcnn.crop import CropConfig, crop_dataset
+    from rcnn.parse import Dataset
+
+    out = tmp_path_factory.mktemp("crops")
+    crop_dataset(Dataset.load(synth_parsed), synth_props, out, CropConfig(size=64, context=4, neg_per_image=24),
+                 progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_model(synth_crops: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rcnn.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("model")
+    train(synth_crops, out, TrainConfig(backbone="efficientnet_lite0", epochs=8, optimizer="adam", lr=3e-3,
+                                        batch_size=32), progress=False)
+    return out
