@@ -215,5 +215,91 @@ def train_cmd(crops: Path, out: Path, backbone: str, weights: str, freeze_backbo
     click.echo(f"model saved to {out}")
 
 
+# --------------------------------------------------------------------------- detect
+
+
+def detect_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Detection options shared by `detect`, `evaluate` and `pipeline`."""
+    for opt in reversed([
+        click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, help="Keep class scores at or above this (the reference pipeline used 0.8)."),
+        click.option("--nms-iou", type=click.FloatRange(0, 1, min_open=True), default=0.3, help="Class-wise NMS IoU (R-CNN: 0.3)."),
+        click.option("--max-detections", type=click.IntRange(1), default=100, help="At most N boxes per image, best first."),
+        click.option("--detect-proposals", "detect_proposals", type=click.IntRange(1), default=500, help="Score the first N proposals of each image."),
+        click.option("--batch-size", type=click.IntRange(1), default=32, help="Crops per forward pass."),
+        click.option("--device", default="auto", help="auto (GPU when there is one), cpu or cuda."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def make_detect_config(model: Any, threshold: float, nms_iou: float, max_detections: int, detect_proposals: int,
+                       batch_size: int, **propose: Any) -> Any:
+    from .detect import DetectConfig, model_propose_config
+
+    return DetectConfig(threshold=threshold, nms_iou=nms_iou, max_detections=max_detections, max_proposals=detect_proposals,
+                        batch_size=batch_size, propose=propose_config(model_propose_config(model), **propose))
+
+
+@main.command("detect")
+@click.argument("model_dir", type=EXISTING_DIR)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/detect/predict, auto-numbered].")
+@click.option("--name", default="predict", help="Run name under runs/detect when --out is not given.")
+@detect_options
+@propose_options
+@click.option("--proposals", type=EXISTING_DIR, help="Reuse this folder of `rcnn propose` instead of running selective search.")
+@click.option("--save-xml", is_flag=True, help="Also write VOC XML per image (for annotation tools).")
+@click.option("--no-images", is_flag=True, help="Do not write annotated images.")
+@handle_errors
+def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name: str, threshold: float, nms_iou: float,
+               max_detections: int, detect_proposals: int, batch_size: int, device: str, mode: str | None,
+               max_side: int | None, max_proposals: int | None, min_size: int | None, proposals: Path | None,
+               save_xml: bool, no_images: bool) -> None:
+    """Detect objects in INPUTS (image files, folders or globs) with the model in MODEL_DIR."""
+    from .detect import detect, next_run_dir
+    from .model import load_model
+
+    model = load_model(model_dir, device)
+    config = make_detect_config(model, threshold, nms_iou, max_detections, detect_proposals, batch_size, mode=mode,
+                                max_side=max_side, max_proposals=max_proposals, min_size=min_size)
+    run = out or next_run_dir("runs/detect", name)
+    detect(model, list(inputs), run, config, save_images=not no_images, save_xml=save_xml, proposals=proposals, echo=click.echo)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@main.command("evaluate")
+@click.argument("detections", type=click.Path(exists=True, path_type=Path))
+@click.argument("parsed", type=EXISTING_FILE)
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", help="Which annotated images to compare against.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Report file [default: beside DETECTIONS, evaluation.json].")
+@detect_options
+@handle_errors
+def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, threshold: float, nms_iou: float,
+                 max_detections: int, detect_proposals: int, batch_size: int, device: str) -> None:
+    """Score DETECTIONS (detections.json, or a model folder to run) against the annotations in PARSED."""
+    import json
+
+    from .detect import detect
+    from .evaluate import evaluate, format_report, load_detections, save_report
+    from .model import load_model
+    from .parse import Dataset
+
+    dataset = Dataset.load(parsed)
+    if detections.is_dir():  # a model folder: detect on the split first
+        model = load_model(detections, device)
+        config = make_detect_config(model, threshold, nms_iou, max_detections, detect_proposals, batch_size)
+        run = (out.parent if out else detections / "eval")
+        detect(model, [a.path for a in dataset.split(split)], run, config, echo=click.echo)
+        detections = run / "detections.json"
+    out = out or detections.parent / "evaluation.json"
+    report = evaluate(load_detections(detections), dataset, split, plot=out.with_suffix(".pr.png"))
+    save_report(report, out)
+    click.echo(format_report(report))
+    click.echo(json.dumps({"map50": report["map50"], "map50_95": report["map50_95"]}))
+    click.echo(f"report saved to {out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

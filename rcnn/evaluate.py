@@ -1,0 +1,252 @@
+"""Stage 6: how good is the detector, in the numbers the field uses.
+
+* VOC AP at IoU 0.5 per class (all-point interpolation, as VOC 2010+), and their mean.
+  Difficult objects are neither required nor penalised.
+* COCO mAP@[.5:.95] computed by pycocotools (difficult objects left out of the ground truth).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .boxes import box_iou
+from .errors import DataError
+from .io import atomic_path, read_json, write_json
+from .parse import Annotation, Dataset
+
+METHODS = ("voc", "coco101")
+
+
+def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "voc") -> float:
+    """Area under a precision-recall curve.
+
+    Args:
+        recall, precision (ndarray[K]): cumulative values over detections sorted by descending score.
+        method: "voc" (all-point: the area under the monotone precision envelope) or
+            "coco101" (mean interpolated precision at recall 0, 0.01, ..., 1, as pycocotools).
+    """
+    if method not in METHODS:
+        raise ValueError(f"'method={method}' is invalid; valid methods are {', '.join(METHODS)}")
+    if len(recall) == 0:
+        return 0.0
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # the precision envelope
+    if method == "voc":
+        i = np.flatnonzero(mrec[1:] != mrec[:-1])
+        return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+    points = np.linspace(0.0, 1.0, 101)
+    idx = np.searchsorted(recall, points, side="left")
+    env = mpre[1:-1]
+    return float(np.mean(np.where(idx < len(recall), env[np.minimum(idx, len(recall) - 1)], 0.0)))
+
+
+def match_detections(det_boxes: np.ndarray, det_scores: np.ndarray, gt_boxes: np.ndarray, gt_difficult: np.ndarray,
+                     iou_threshold: float = 0.5) -> np.ndarray:
+    """Greedy VOC matching of one image's detections of one class.
+
+    Each detection, best score first, takes the ground-truth box it overlaps most; it is
+    a true positive if that IoU >= ``iou_threshold`` and the box was not taken yet, a false
+    positive otherwise (a duplicate), and ignored when the box is difficult.
+
+    Returns:
+        ndarray[N] int8 in the input order: 1 true positive, 0 false positive, -1 ignored.
+    """
+    n = len(det_boxes)
+    out = np.zeros(n, np.int8)
+    if n == 0 or len(gt_boxes) == 0:
+        return out
+    iou = box_iou(det_boxes, gt_boxes)  # (N, G)
+    best, arg = iou.max(axis=1), iou.argmax(axis=1)
+    taken = np.zeros(len(gt_boxes), bool)
+    for d in np.argsort(-det_scores, kind="stable"):
+        if best[d] < iou_threshold:
+            continue
+        g = arg[d]
+        if gt_difficult[g]:
+            out[d] = -1
+        elif not taken[g]:
+            taken[g], out[d] = True, 1
+    return out
+
+
+def class_pr(dets: dict[str, tuple[np.ndarray, np.ndarray]], gts: dict[str, tuple[np.ndarray, np.ndarray]],
+             iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, int]:
+    """Precision and recall of one class over all images.
+
+    Args:
+        dets: image id -> (boxes [N, 4], scores [N]); gts: image id -> (boxes [G, 4], difficult [G] bool).
+
+    Returns:
+        (recall [K], precision [K], number of non-difficult ground-truth boxes).
+    """
+    n_pos = int(sum((~d).sum() for _, d in gts.values()))
+    scores, flags = [], []
+    empty = (np.zeros((0, 4), np.float32), np.zeros(0, bool))
+    for image_id, (boxes, s) in dets.items():
+        g, diff = gts.get(image_id, empty)
+        flags.append(match_detections(boxes, s, g, diff, iou_threshold))
+        scores.append(s)
+    if not scores or n_pos == 0:
+        return np.zeros(0), np.zeros(0), n_pos
+    s, f = np.concatenate(scores), np.concatenate(flags)
+    order = np.argsort(-s, kind="stable")
+    f = f[order][f[order] >= 0]  # ignored (difficult) detections leave the ranking
+    tp, fp = np.cumsum(f == 1), np.cumsum(f == 0)
+    return tp / n_pos, tp / np.maximum(tp + fp, np.finfo(float).eps), n_pos
+
+
+def _group(detections: list[dict[str, Any]], images: list[Annotation], cls: str):
+    ids = {a.id for a in images}
+    dets: dict[str, tuple[list, list]] = {}
+    for d in detections:
+        if d["category"] == cls and d["_image"] in ids:
+            x, y, w, h = d["bbox"]
+            dets.setdefault(d["_image"], ([], []))
+            dets[d["_image"]][0].append([x, y, x + w, y + h])
+            dets[d["_image"]][1].append(d["score"])
+    dets_np = {k: (np.array(b, np.float32).reshape(-1, 4), np.array(s, np.float64)) for k, (b, s) in dets.items()}
+    gts = {}
+    for a in images:
+        objs = [o for o in a.objects if o.label == cls]
+        gts[a.id] = (np.array([o.box for o in objs], np.float32).reshape(-1, 4), np.array([o.difficult for o in objs], bool))
+    return dets_np, gts
+
+
+def coco_map(detections: list[dict[str, Any]], images: list[Annotation], classes: list[str]) -> dict[str, float]:
+    """COCO metrics by pycocotools: mAP@[.5:.95], @.5, @.75 (difficult objects left out)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    index = {a.id: i for i, a in enumerate(images, start=1)}
+    gt: dict[str, Any] = {
+        "images": [{"id": index[a.id], "width": a.width, "height": a.height} for a in images],
+        "categories": [{"id": k, "name": c} for k, c in enumerate(classes, start=1)],
+        "annotations": [],
+    }
+    for a in images:
+        for o in a.objects:
+            if o.difficult or o.label not in classes:
+                continue
+            x1, y1, x2, y2 = o.box
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": index[a.id], "category_id": classes.index(o.label) + 1,
+                                      "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    res = [{"image_id": index[d["_image"]], "category_id": classes.index(d["category"]) + 1, "bbox": d["bbox"], "score": d["score"]}
+           for d in detections if d["_image"] in index and d["category"] in classes]
+    if not res or not gt["annotations"]:
+        return {"map50_95": 0.0, "map50": 0.0, "map75": 0.0}
+    with contextlib.redirect_stdout(_io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(res)
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"map50_95": round(float(ev.stats[0]), 4), "map50": round(float(ev.stats[1]), 4), "map75": round(float(ev.stats[2]), 4)}
+
+
+def _attach_images(detections: list[dict[str, Any]], images: list[Annotation]) -> list[dict[str, Any]]:
+    """Find each detection's annotated image by path, then by file stem."""
+    by_path = {str(Path(a.path).resolve()): a.id for a in images}
+    by_stem = {Path(a.path).stem: a.id for a in images}
+    out = []
+    for d in detections:
+        name = d.get("file_name") or str(d.get("image_id", ""))
+        image = by_path.get(str(Path(name).resolve())) if name else None
+        image = image or by_stem.get(Path(name).stem)
+        if image is not None:
+            out.append({**d, "_image": image})
+    return out
+
+
+def evaluate(detections: list[dict[str, Any]], dataset: Dataset, split: str = "test", plot: str | Path | None = None) -> dict[str, Any]:
+    """VOC AP@0.5 per class, mAP@0.5 and COCO mAP@[.5:.95] of ``detections`` on ``split``.
+
+    Args:
+        detections: COCO-results-style dicts with ``file_name`` (or ``image_id`` = file stem),
+            ``category`` (class name), ``bbox`` [x, y, w, h] and ``score``.
+        plot: where to save the precision-recall curves (PNG), or None.
+    """
+    images = dataset.split(split)
+    if not images:
+        raise DataError(f"no images in split '{split}'")
+    for d in detections:
+        if not {"bbox", "score", "category"} <= set(d):
+            raise DataError("detections must have 'bbox', 'score' and 'category' (the format `rcnn detect` writes)")
+    dets = _attach_images(detections, images)
+    classes = list(dataset.classes)
+    ap50: dict[str, float | None] = {}
+    curves = {}
+    for c in classes:
+        d, g = _group(dets, images, c)
+        rec, prec, n_pos = class_pr(d, g, 0.5)
+        ap50[c] = round(average_precision(rec, prec, "voc"), 4) if n_pos else None  # no ground truth: AP undefined
+        curves[c] = (rec, prec)
+    valid = [v for v in ap50.values() if v is not None]
+    report = {
+        "map50": round(float(np.mean(valid)), 4) if valid else 0.0,
+        "map50_95": coco_map(dets, images, classes)["map50_95"],
+        "ap50": ap50,
+        "coco": coco_map(dets, images, classes),
+        "split": split,
+        "n_images": len(images),
+        "n_images_with_detections": len({d["_image"] for d in dets}),
+        "n_detections": len(dets),
+        "n_unmatched_detections": len(detections) - len(dets),
+        "gt_per_class": {c: sum(o.label == c and not o.difficult for a in images for o in a.objects) for c in classes},
+    }
+    if plot:
+        _plot_pr(curves, ap50, plot)
+    return report
+
+
+def _plot_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]], ap: dict[str, float | None], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for c, (rec, prec) in curves.items():
+        if len(rec):
+            ax.plot(rec, prec, label=f"{c} (AP50 {ap[c]:.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    ax.set_title("precision-recall at IoU 0.5")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def load_detections(path: str | Path) -> list[dict[str, Any]]:
+    data = read_json(path, "detections file")
+    if isinstance(data, dict) and "detections" in data:
+        data = data["detections"]
+    if not isinstance(data, list):
+        raise DataError(f"{path} is not a list of detections (COCO results format)")
+    return data
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"{'class':<20}{'AP50':>8}{'objects':>9}"]
+    for c, v in report["ap50"].items():
+        lines.append(f"{c:<20}{'-' if v is None else f'{v:.4f}':>8}{report['gt_per_class'][c]:>9}")
+    lines.append(f"mAP@0.5 {report['map50']:.4f}   COCO mAP@[.5:.95] {report['map50_95']:.4f}   "
+                 f"({report['n_images']} {report['split']} images, {report['n_detections']} detections)")
+    return "\n".join(lines)
+
+
+def save_report(report: dict[str, Any], path: str | Path) -> Path:
+    return write_json(path, report)

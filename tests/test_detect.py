@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rcnn.cli import main
+from rcnn.detect import DetectConfig, next_run_dir, score_regions, select_detections
+from rcnn.io import load_rgb
+from rcnn.model import load_model
+from rcnn.parse import Dataset
+
+CLASSES = ["background", "cat", "dog"]
+
+
+def test_select_detections_nms_is_class_wise():
+    boxes = np.array([[0, 0, 100, 100], [5, 5, 105, 105], [0, 0, 100, 100], [300, 300, 400, 400]], np.float32)
+    scores = np.array([[0.1, 0.9, 0.0], [0.2, 0.8, 0.0], [0.3, 0.0, 0.7], [0.6, 0.4, 0.0]], np.float32)
+    dets = select_detections(boxes, scores, CLASSES, DetectConfig(threshold=0.5, nms_iou=0.3))
+    assert [(d.label, d.score) for d in dets] == [("cat", 0.9), ("dog", 0.7)]  # box 1 suppressed, box 3 below threshold
+    dets = select_detections(boxes, scores, CLASSES, DetectConfig(threshold=0.35, nms_iou=0.3, max_detections=2))
+    assert [d.score for d in dets] == [0.9, 0.7]
+    assert select_detections(np.zeros((0, 4)), np.zeros((0, 3)), CLASSES, DetectConfig()) == []
+
+
+def test_no_nms_would_keep_every_box():
+    """The reference pipeline's fault: dozens of boxes on one object. NMS leaves one."""
+    rng = np.random.default_rng(0)
+    boxes = np.array([[100, 100, 200, 200]], np.float32) + rng.uniform(-5, 5, (40, 4)).astype(np.float32)
+    scores = np.column_stack([np.full(40, 0.05), rng.uniform(0.85, 0.95, 40)]).astype(np.float32)
+    dets = select_detections(boxes, scores, ["background", "cat"], DetectConfig(threshold=0.8))
+    assert len(dets) == 1 and dets[0].score == pytest.approx(scores[:, 1].max(), abs=1e-5)
+
+
+def test_run_folders_are_numbered(tmp_path):
+    assert next_run_dir(tmp_path) == tmp_path / "predict"
+    (tmp_path / "predict").mkdir()
+    assert next_run_dir(tmp_path) == tmp_path / "predict2"
+    (tmp_path / "predict2").mkdir()
+    assert next_run_dir(tmp_path) == tmp_path / "predict3"
+
+
+def test_batched_scores_equal_one_region_at_a_time(synth_model, synth_parsed):
+    model = load_model(synth_model)
+    ds = Dataset.load(synth_parsed)
+    image = load_rgb(ds.images[1].path)
+    boxes = np.array([[10, 10, 80, 90], [50, 40, 200, 180], [0, 0, 320, 240], [100, 100, 140, 130]], np.float32)
+    batched = score_regions(model, image, boxes, batch_size=32)
+    single = np.concatenate([score_regions(model, image, boxes[i : i + 1], batch_size=1) for i in range(len(boxes))])
+    np.testing.assert_allclose(batched, single, atol=1e-4)
+
+
+def test_detect_cli_writes_run_folder_and_skips_bad_images(tmp_path, synth_model, synth_data):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for p in sorted((synth_data / "JPEGImages").glob("*.jpg"))[:3]:
+        (images / p.name).write_bytes(p.read_bytes())
+    (images / "broken.jpg").write_bytes(b"not an image")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["detect", str(synth_model), str(images), "--out", str(run), "--save-xml", "--threshold", "0.3"])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    assert "broken.jpg" in res.output and "skipped" in res.output
+    assert "results saved to" in res.output
+    dets = json.loads((run / "detections.json").read_text())
+    assert isinstance(dets, list)
+    for d in dets:
+        assert {"image_id", "category_id", "bbox", "score"} <= set(d)
+        assert len(d["bbox"]) == 4 and d["bbox"][2] > 0 and d["bbox"][3] > 0
+    assert len(list(run.glob("*.jpg"))) == 3 and len(list((run / "labels").glob("*.xml"))) == 3
+    assert (run / "detections.csv").read_text().startswith("image,label,score")
+
+
+def test_detect_cli_missing_input_is_one_line(tmp_path, synth_model):
+    res = CliRunner().invoke(main, ["detect", str(synth_model), str(tmp_path / "nope*.jpg"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "no such file, folder or pattern" in res.output
+
+
+def test_evaluate_cli_contract(tmp_path, synth_model, synth_parsed, synth_data):
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["detect", str(synth_model), str(synth_data / "JPEGImages"), "--out", str(run), "--no-images"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["evaluate", str(run / "detections.json"), str(synth_parsed), "--split", "test"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((run / "evaluation.json").read_text())
+    assert 0.0 <= report["map50_95"] <= report["map50"] <= 1.0
+    assert report["n_images"] == 3
+    assert (run / "evaluation.pr.png").is_file()
