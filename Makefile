@@ -20,7 +20,7 @@ WORKERS  ?= 0
 PROPOSALS ?= 2000
 DETECT_PROPOSALS ?= 500
 NEG_PER_IMAGE ?= 64
-THRESHOLD ?= 0.5
+THRESHOLD ?= 0.3
 EXTRA    ?=
 
 .PHONY: install test test-fast demo pipeline bench clean

@@ -189,7 +189,7 @@ def crop(parsed: Path, proposals: Path, out: Path, split: str, pos_iou: float, n
 @click.option("--freeze-backbone/--fine-tune", default=True, help="Train only the head on cached features (default), or the whole network.")
 @click.option("--epochs", type=click.IntRange(1), default=10, help="Training epochs.")
 @click.option("--batch-size", type=click.IntRange(2), default=128, help="Regions per batch.")
-@click.option("--fg-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25, help="Share of object regions in each batch (R-CNN: 32 of 128).")
+@click.option("--fg-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, help="Share of object regions in each batch (R-CNN used 32 of 128 = 0.25).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", help="SGD with momentum 0.9, or Adam.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="Learning rate.")
 @click.option("--class-weights", default="auto", help="auto (inverse frequency from the crop metadata), none, or one number per class: w_background,w_1,...")
@@ -221,8 +221,10 @@ def train_cmd(crops: Path, out: Path, backbone: str, weights: str, freeze_backbo
 def detect_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Detection options shared by `detect`, `evaluate` and `pipeline`."""
     for opt in reversed([
-        click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, help="Keep class scores at or above this (the reference pipeline used 0.8)."),
+        click.option("--threshold", type=click.FloatRange(0, 1), default=0.3, help="Keep class scores at or above this (the reference pipeline used 0.8)."),
         click.option("--nms-iou", type=click.FloatRange(0, 1, min_open=True), default=0.3, help="Class-wise NMS IoU (R-CNN: 0.3)."),
+        click.option("--vote-iou", type=click.FloatRange(0, 1), default=0.5, help="Box voting after NMS: average each kept box with same-class boxes overlapping it at this IoU, by score; 0 = off."),
+        click.option("--no-box-regression", is_flag=True, help="Do not refine boxes with the model's box regressor."),
         click.option("--max-detections", type=click.IntRange(1), default=100, help="At most N boxes per image, best first."),
         click.option("--detect-proposals", "detect_proposals", type=click.IntRange(1), default=500, help="Score the first N proposals of each image."),
         click.option("--batch-size", type=click.IntRange(1), default=32, help="Crops per forward pass."),
@@ -232,12 +234,13 @@ def detect_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def make_detect_config(model: Any, threshold: float, nms_iou: float, max_detections: int, detect_proposals: int,
-                       batch_size: int, **propose: Any) -> Any:
+def make_detect_config(model: Any, threshold: float, nms_iou: float, vote_iou: float, no_box_regression: bool,
+                       max_detections: int, detect_proposals: int, batch_size: int, **propose: Any) -> Any:
     from .detect import DetectConfig, model_propose_config
 
-    return DetectConfig(threshold=threshold, nms_iou=nms_iou, max_detections=max_detections, max_proposals=detect_proposals,
-                        batch_size=batch_size, propose=propose_config(model_propose_config(model), **propose))
+    return DetectConfig(threshold=threshold, nms_iou=nms_iou, vote_iou=vote_iou, box_regression=not no_box_regression,
+                        max_detections=max_detections, max_proposals=detect_proposals, batch_size=batch_size,
+                        propose=propose_config(model_propose_config(model), **propose))
 
 
 @main.command("detect")
@@ -252,7 +255,7 @@ def make_detect_config(model: Any, threshold: float, nms_iou: float, max_detecti
 @click.option("--no-images", is_flag=True, help="Do not write annotated images.")
 @handle_errors
 def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name: str, threshold: float, nms_iou: float,
-               max_detections: int, detect_proposals: int, batch_size: int, device: str, mode: str | None,
+               vote_iou: float, no_box_regression: bool, max_detections: int, detect_proposals: int, batch_size: int, device: str, mode: str | None,
                max_side: int | None, max_proposals: int | None, min_size: int | None, proposals: Path | None,
                save_xml: bool, no_images: bool) -> None:
     """Detect objects in INPUTS (image files, folders or globs) with the model in MODEL_DIR."""
@@ -260,7 +263,8 @@ def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name:
     from .model import load_model
 
     model = load_model(model_dir, device)
-    config = make_detect_config(model, threshold, nms_iou, max_detections, detect_proposals, batch_size, mode=mode,
+    config = make_detect_config(model, threshold, nms_iou, vote_iou, no_box_regression, max_detections, detect_proposals,
+                                batch_size, mode=mode,
                                 max_side=max_side, max_proposals=max_proposals, min_size=min_size)
     run = out or next_run_dir("runs/detect", name)
     detect(model, list(inputs), run, config, save_images=not no_images, save_xml=save_xml, proposals=proposals, echo=click.echo)
@@ -277,7 +281,7 @@ def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name:
 @detect_options
 @handle_errors
 def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, threshold: float, nms_iou: float,
-                 max_detections: int, detect_proposals: int, batch_size: int, device: str) -> None:
+                 vote_iou: float, no_box_regression: bool, max_detections: int, detect_proposals: int, batch_size: int, device: str) -> None:
     """Score DETECTIONS (detections.json, or a model folder to run) against the annotations in PARSED."""
     import json
 
@@ -289,7 +293,8 @@ def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, t
     dataset = Dataset.load(parsed)
     if detections.is_dir():  # a model folder: detect on the split first
         model = load_model(detections, device)
-        config = make_detect_config(model, threshold, nms_iou, max_detections, detect_proposals, batch_size)
+        config = make_detect_config(model, threshold, nms_iou, vote_iou, no_box_regression, max_detections, detect_proposals,
+                                    batch_size)
         run = (out.parent if out else detections / "eval")
         detect(model, [a.path for a in dataset.split(split)], run, config, echo=click.echo)
         detections = run / "detections.json"
@@ -324,7 +329,8 @@ def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, t
 def pipeline_cmd(data: Path, out: Path, classes: str | None, test_fraction: float, backbone: str, weights: str, epochs: int,
                  optimizer: str, lr: float, hflip: bool, size: int, neg_per_image: int, workers: int, mode: str | None,
                  max_side: int | None, max_proposals: int | None, min_size: int | None, threshold: float, nms_iou: float,
-                 max_detections: int, detect_proposals: int, batch_size: int, device: str) -> None:
+                 vote_iou: float, no_box_regression: bool, max_detections: int, detect_proposals: int, batch_size: int,
+                 device: str) -> None:
     """Run parse → propose → crop → train → detect → evaluate on the VOC dataset DATA."""
     from .crop import CropConfig
     from .detect import DetectConfig
@@ -336,8 +342,8 @@ def pipeline_cmd(data: Path, out: Path, classes: str | None, test_fraction: floa
         propose=propose_config(mode=mode, max_side=max_side, max_proposals=max_proposals, min_size=min_size),
         crop=CropConfig(size=size, neg_per_image=neg_per_image),
         train=TrainConfig(backbone=backbone, weights=weights, epochs=epochs, optimizer=optimizer, lr=lr, hflip=hflip, device=device),
-        detect=DetectConfig(threshold=threshold, nms_iou=nms_iou, max_detections=max_detections,
-                            max_proposals=detect_proposals, batch_size=batch_size),
+        detect=DetectConfig(threshold=threshold, nms_iou=nms_iou, vote_iou=vote_iou, box_regression=not no_box_regression,
+                            max_detections=max_detections, max_proposals=detect_proposals, batch_size=batch_size),
     )
     metrics = run_pipeline(data, out, config, echo=click.echo)
     click.echo(f"\nmAP@0.5 {metrics['map50']}  mAP@[.5:.95] {metrics['map50_95']}  on {metrics['n_test_images']} test images")

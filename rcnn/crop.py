@@ -241,7 +241,7 @@ def crop_dataset(
     start = time.perf_counter()
     torch_threads = torch.get_num_threads()
     reused = 0
-    for a in tqdm(images, desc="crop", unit="img", disable=not progress):
+    for a in tqdm(images, desc="crop", unit="img", disable=None if progress else True):
         shard = out / "shards" / f"{a.id}.npz"
         if shard.exists():
             reused += 1

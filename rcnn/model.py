@@ -27,15 +27,27 @@ def make_head(dim: int, n_classes: int, hidden: int = 128, dropout: float = 0.2)
 
 
 class RegionClassifier(nn.Module):
-    """Backbone features → head logits over ``classes`` (index 0 is background)."""
+    """Backbone features → head logits over ``classes`` (index 0 is background).
+
+    ``bbox`` is R-CNN's class-specific box regressor: a linear map from the same
+    features to (dx, dy, dw, dh) per class, fitted by ridge regression after training.
+    """
 
     def __init__(self, backbone: Backbone, n_classes: int, hidden: int = 128, dropout: float = 0.2) -> None:
         super().__init__()
         self.backbone = backbone.module
         self.head = make_head(backbone.dim, n_classes, hidden, dropout)
+        self.bbox = nn.Linear(backbone.dim, 4 * n_classes)
+        nn.init.zeros_(self.bbox.weight)  # until fitted: no correction
+        nn.init.zeros_(self.bbox.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class probabilities [N, C], box deltas [N, C, 4])."""
+        f = self.backbone(x)
+        return torch.softmax(self.head(f), dim=1), self.bbox(f).view(len(f), -1, 4)
 
 
 def preprocess(crops: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], size: int | None = None,
@@ -69,13 +81,19 @@ class LoadedModel:
     device: torch.device = torch.device("cpu")
 
     @torch.inference_mode()
-    def scores(self, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Softmax class probabilities ``[N, n_classes]`` of uint8 crops ``[N, H, W, 3]``."""
-        out = np.zeros((len(crops), len(self.classes)), np.float32)
+    def predict(self, crops: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities ``[N, C]`` and box deltas ``[N, C, 4]`` of uint8 crops ``[N, H, W, 3]``."""
+        probs = np.zeros((len(crops), len(self.classes)), np.float32)
+        deltas = np.zeros((len(crops), len(self.classes), 4), np.float32)
         for s in range(0, len(crops), batch_size):
             x = preprocess(crops[s : s + batch_size], self.mean, self.std, self.input_size, self.device)
-            out[s : s + batch_size] = torch.softmax(self.net(x), dim=1).float().cpu().numpy()
-        return out
+            p, d = self.net.predict(x)
+            probs[s : s + batch_size], deltas[s : s + batch_size] = p.float().cpu().numpy(), d.float().cpu().numpy()
+        return probs, deltas
+
+    def scores(self, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Softmax class probabilities ``[N, n_classes]`` of uint8 crops ``[N, H, W, 3]``."""
+        return self.predict(crops, batch_size)[0]
 
 
 def load_model(folder: str | Path, device: str = "auto") -> LoadedModel:

@@ -367,7 +367,7 @@ def parse_dataset(
         raise DataError(f"no .xml annotation files in {annotations_dir}")
     images: list[Annotation] = []
     problems: list[Problem] = []
-    for xml in tqdm(xml_files, desc="parse", unit="file", disable=not progress, leave=False):
+    for xml in tqdm(xml_files, desc="parse", unit="file", disable=None if progress else True, leave=False):
         ann, probs = parse_annotation(xml, images_dir, classes)
         problems += probs
         if strict and any(p.level == "error" for p in probs):

@@ -256,7 +256,7 @@ def propose_dataset(
     failures: list[str] = []
     compute_seconds: list[float] = []
     workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(images), initial=len(images) - len(todo), desc="propose", unit="img", disable=not progress)
+    bar = tqdm(total=len(images), initial=len(images) - len(todo), desc="propose", unit="img", disable=None if progress else True)
     if workers == 1 or len(todo) <= 1:
         results = (( a, _propose_worker(a.path, config)) for a in todo)
         for a, (boxes, secs, err) in results:

@@ -47,9 +47,10 @@ def test_batched_scores_equal_one_region_at_a_time(synth_model, synth_parsed):
     ds = Dataset.load(synth_parsed)
     image = load_rgb(ds.images[1].path)
     boxes = np.array([[10, 10, 80, 90], [50, 40, 200, 180], [0, 0, 320, 240], [100, 100, 140, 130]], np.float32)
-    batched = score_regions(model, image, boxes, batch_size=32)
-    single = np.concatenate([score_regions(model, image, boxes[i : i + 1], batch_size=1) for i in range(len(boxes))])
+    batched, deltas = score_regions(model, image, boxes, batch_size=32)
+    single = np.concatenate([score_regions(model, image, boxes[i : i + 1], batch_size=1)[0] for i in range(len(boxes))])
     np.testing.assert_allclose(batched, single, atol=1e-4)
+    assert deltas.shape == (4, 3, 4)
 
 
 def test_detect_cli_writes_run_folder_and_skips_bad_images(tmp_path, synth_model, synth_data):
@@ -88,3 +89,28 @@ def test_evaluate_cli_contract(tmp_path, synth_model, synth_parsed, synth_data):
     assert 0.0 <= report["map50_95"] <= report["map50"] <= 1.0
     assert report["n_images"] == 3
     assert (run / "evaluation.pr.png").is_file()
+
+
+def test_box_regression_moves_boxes_by_the_class_deltas():
+    boxes = np.array([[10, 10, 50, 50]], np.float32)
+    scores = np.array([[0.1, 0.9, 0.0]], np.float32)
+    deltas = np.zeros((1, 3, 4), np.float32)
+    deltas[0, 1] = [0.25, 0.0, np.log(2), 0.0]  # the cat column: shift right by a quarter width, double the width
+    deltas[0, 2] = [5, 5, 5, 5]  # the dog column must not be used
+    (d,) = select_detections(boxes, scores, CLASSES, DetectConfig(), deltas, (200, 200))
+    np.testing.assert_allclose(d.box, [0, 10, 80, 50], atol=1e-3)  # centre 30 -> 40, width 40 -> 80
+    (d,) = select_detections(boxes, scores, CLASSES, DetectConfig(box_regression=False), deltas, (200, 200))
+    assert d.box == [10, 10, 50, 50]
+
+
+def test_box_voting_averages_overlapping_boxes_by_score():
+    from rcnn.detect import vote_boxes
+
+    boxes = np.array([[0, 0, 100, 100], [10, 0, 110, 100], [0, 0, 90, 100], [300, 300, 400, 400]], np.float32)
+    scores = np.array([0.6, 0.3, 0.1, 0.9], np.float32)
+    labels = np.array([0, 0, 1, 0])
+    out = vote_boxes(boxes, scores, labels, np.array([3, 0]), 0.5)
+    np.testing.assert_allclose(out[0], boxes[3])  # nothing overlaps it
+    # box 2 is another class; box 1 overlaps box 0 at IoU 0.82: (0.6 * b0 + 0.3 * b1) / 0.9
+    np.testing.assert_allclose(out[1], (0.6 * boxes[0] + 0.3 * boxes[1]) / 0.9, rtol=1e-5)
+    assert vote_boxes(boxes, scores, labels, np.zeros(0, np.int64), 0.5).shape == (0, 4)

@@ -150,3 +150,28 @@ def test_trained_model_folder(synth_model, synth_crops):
     regions = RegionSet.load(synth_crops)
     s = m.scores(regions.crops(np.arange(5)))
     assert s.shape == (5, 3) and np.allclose(s.sum(1), 1, atol=1e-5)
+
+
+def test_ridge_matches_sklearn():
+    from sklearn.linear_model import Ridge
+
+    from rcnn.train import ridge
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 12)).astype(np.float32)
+    y = (x @ rng.standard_normal((12, 4)) + 0.1 * rng.standard_normal((200, 4)) + 3).astype(np.float32)
+    for lam in (0.1, 10.0):
+        w, b = ridge(torch.from_numpy(x), torch.from_numpy(y), lam)
+        ref = Ridge(alpha=lam).fit(x.astype(np.float64), y.astype(np.float64))
+        np.testing.assert_allclose(w.numpy(), ref.coef_.T, atol=1e-4)
+        np.testing.assert_allclose(b.numpy(), ref.intercept_, atol=1e-4)
+
+
+def test_box_regressor_is_fitted_and_reported(synth_model):
+    report = json.loads((synth_model / "report.json").read_text())
+    fitted = report["box_regression"]
+    assert set(fitted) <= {"disc", "square"} and fitted
+    for v in fitted.values():
+        assert v["regions"] >= 10 and v["lambda"] > 0
+        if v["val_mse"] is not None:
+            assert v["val_mse"] <= v["val_mse_without"] * 1.5

@@ -1,0 +1,86 @@
+"""Detection speed on raccoon test images, in one run.
+
+1. Same model, same proposals: one forward pass per region (the reference pipeline)
+   against the batched path. The scores must agree (max abs difference < 1e-4).
+2. The reference pipeline's settings (quality-mode selective search at full size,
+   up to 2000 proposals, 224 px crops, one pass per region) against our defaults
+   (``rcnn detect`` with a model trained by the default pipeline), seconds per image.
+
+Usage: python bench/detect.py [--model DIR] [--images 10] [--regions 200]
+Without --model, an untrained EfficientNet-Lite0 classifier at 224 px is used for
+both (random head weights are fine for timing). Part 1 compares the first
+``--regions`` proposals of each image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import raccoon_dataset
+
+from rcnn.backbones import build_backbone
+from rcnn.detect import DetectConfig, detect_image, model_propose_config, score_regions
+from rcnn.io import load_rgb
+from rcnn.model import LoadedModel, RegionClassifier, load_model
+from rcnn.propose import ProposeConfig, selective_search
+
+
+def untrained(size: int = 224) -> LoadedModel:
+    b = build_backbone("efficientnet_lite0", "imagenet")
+    net = RegionClassifier(b, 2).eval().to(memory_format=torch.channels_last)
+    cfg = {"crop": {"size": size, "context": 16}, "propose": {}}
+    return LoadedModel(net, ["background", "raccoon"], size, b.mean, b.std, cfg)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", type=Path, help="a model folder from `rcnn train` (our defaults)")
+    ap.add_argument("--images", type=int, default=10)
+    ap.add_argument("--regions", type=int, default=200, help="regions per image for the score-agreement check")
+    args = ap.parse_args()
+    ds = raccoon_dataset("test", args.images)
+    images = [load_rgb(a.path) for a in ds.images]
+    ours = load_model(args.model) if args.model else untrained()
+    reference_model = untrained(224)
+
+    # 1. one pass per region against batches, same model and proposals
+    t_single = t_batch = 0.0
+    max_diff = 0.0
+    n_regions = 0
+    for img in images:
+        boxes = selective_search(img, model_propose_config(ours))[: args.regions]
+        n_regions += len(boxes)
+        t = time.perf_counter()
+        single, _ = score_regions(ours, img, boxes, batch_size=1)
+        t_single += time.perf_counter() - t
+        t = time.perf_counter()
+        batched, _ = score_regions(ours, img, boxes, batch_size=DetectConfig().batch_size)
+        t_batch += time.perf_counter() - t
+        max_diff = max(max_diff, float(np.abs(single - batched).max()))
+    print(f"same model and proposals, {n_regions} regions: one pass per region {t_single:.1f} s, "
+          f"batched {t_batch:.1f} s, ratio {t_single / t_batch:.2f}x, max |score difference| {max_diff:.2e}")
+    assert max_diff < 1e-4, max_diff
+
+    # 2. the reference pipeline's settings against our defaults, whole images
+    ref_cfg = DetectConfig(threshold=0.8, max_proposals=2000, batch_size=1,
+                           propose=ProposeConfig(mode="quality", max_side=0, max_proposals=2000))
+    t = time.perf_counter()
+    for img in images:
+        detect_image(reference_model, img, ref_cfg)
+    t_ref = (time.perf_counter() - t) / len(images)
+    t = time.perf_counter()
+    for img in images:
+        detect_image(ours, img, DetectConfig())
+    t_ours = (time.perf_counter() - t) / len(images)
+    print(f"reference settings: {t_ref:.2f} s/image; our defaults ({ours.input_size} px, {DetectConfig().max_proposals} "
+          f"proposals, batch {DetectConfig().batch_size}): {t_ours:.2f} s/image")
+    print(f"images={len(images)} batched_vs_single={t_single / t_batch:.2f}x max_score_diff={max_diff:.1e} "
+          f"speedup_vs_reference={t_ref / t_ours:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
