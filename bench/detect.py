@@ -25,7 +25,7 @@ from common import raccoon_dataset
 from rcnn.backbones import build_backbone
 from rcnn.detect import DetectConfig, detect_image, model_propose_config, score_regions
 from rcnn.io import load_rgb
-from rcnn.model import LoadedModel, RegionClassifier, load_model
+from rcnn.model import LoadedModel, RegionClassifier, auto_batch_size, load_model
 from rcnn.propose import ProposeConfig, selective_search
 
 
@@ -58,7 +58,7 @@ def main() -> None:
         single, _ = score_regions(ours, img, boxes, batch_size=1)
         t_single += time.perf_counter() - t
         t = time.perf_counter()
-        batched, _ = score_regions(ours, img, boxes, batch_size=DetectConfig().batch_size)
+        batched, _ = score_regions(ours, img, boxes)  # the default (auto) batch size
         t_batch += time.perf_counter() - t
         max_diff = max(max_diff, float(np.abs(single - batched).max()))
     print(f"same model and proposals, {n_regions} regions: one pass per region {t_single:.1f} s, "
@@ -77,7 +77,7 @@ def main() -> None:
         detect_image(ours, img, DetectConfig())
     t_ours = (time.perf_counter() - t) / len(images)
     print(f"reference settings: {t_ref:.2f} s/image; our defaults ({ours.input_size} px, {DetectConfig().max_proposals} "
-          f"proposals, batch {DetectConfig().batch_size}): {t_ours:.2f} s/image")
+          f"proposals, batch {auto_batch_size(ours.device)}): {t_ours:.2f} s/image")
     print(f"images={len(images)} batched_vs_single={t_single / t_batch:.2f}x max_score_diff={max_diff:.1e} "
           f"speedup_vs_reference={t_ref / t_ours:.1f}x")
 

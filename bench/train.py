@@ -19,7 +19,7 @@ from common import raccoon_dataset
 
 from rcnn.backbones import build_backbone
 from rcnn.crop import crop_dataset
-from rcnn.model import RegionClassifier, preprocess
+from rcnn.model import RegionClassifier, auto_batch_size, preprocess
 from rcnn.propose import propose_dataset
 from rcnn.train import RegionSet, balanced_batches, extract_features
 
@@ -56,8 +56,9 @@ def main() -> None:
             opt.step()
 
         t = time.perf_counter()
+        chunk = auto_batch_size("cpu")  # forward passes in the measured-fastest batch size, for both paths
         feats = torch.from_numpy(extract_features(net, regions, np.arange(len(regions.labels)), backbone.mean, backbone.std,
-                                                  size, 32, torch.device("cpu"), progress=False))
+                                                  size, chunk, torch.device("cpu"), progress=False))
         t_extract = time.perf_counter() - t
         cached = []
         for _ in range(3):
@@ -71,7 +72,8 @@ def main() -> None:
         t = time.perf_counter()
         for idx in batches[:n]:
             with torch.no_grad():
-                x = net.backbone(preprocess(regions.crops(idx), backbone.mean, backbone.std, size))
+                x = torch.cat([net.backbone(preprocess(regions.crops(idx[s : s + chunk]), backbone.mean, backbone.std, size))
+                               for s in range(0, len(idx), chunk)])
             step(x, idx)
         t_uncached = (time.perf_counter() - t) / n * len(batches)
     print(f"{len(regions.labels)} regions of {size} px, {len(batches)} batches of 128 per epoch, backbone {args.backbone}")

@@ -333,3 +333,17 @@ def test_examples_usage():
     from rcnn.core.examples import main
 
     assert main(["mnist"]) == 2
+
+
+def test_float32_layers_stay_float32_and_roundtrip(tmp_path):
+    rng = np.random.default_rng(15)
+    m = Model([("conv", Conv2D(1, 2, 3, padding=1, seed=0, dtype="float32")), ("flat", Flatten()),
+               ("fc", FC(2 * 5 * 5, 2, seed=0, dtype="float32"))], SoftmaxCrossEntropy(), Adam(0.01))
+    x = rng.standard_normal((3, 5, 5, 1)).astype(np.float32)
+    out = m.forward(x)
+    assert out.dtype == np.float32
+    m.backward(np.array([0, 1, 0]))
+    assert m["conv"].grads["W"].dtype == np.float32
+    back = Model.load(m.save(tmp_path / "m.npz"))
+    assert back["fc"].params["W"].dtype == np.float32
+    np.testing.assert_array_equal(back.predict(x), m.predict(x))

@@ -18,7 +18,7 @@ def conv2d_forward_naive(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride=(1,
     xp = np.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
     n, hp, wp, _ = xp.shape
     ho, wo = (hp - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
-    out = np.zeros((n, ho, wo, cout))
+    out = np.zeros((n, ho, wo, cout), x.dtype)
     for i in range(n):
         for r in range(ho):
             for c in range(wo):

@@ -73,7 +73,8 @@ class Conv2D(Layer):
     """Convolution of NHWC input with kernels ``W`` (kh, kw, C_in, C_out) and one bias per filter."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,
-                 padding: int | tuple[int, int] | str = 0, init: str = "he", seed: int | None = None) -> None:
+                 padding: int | tuple[int, int] | str = 0, init: str = "he", seed: int | None = None,
+                 dtype: str | type = "float64") -> None:
         super().__init__()
         self.kernel = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
@@ -84,10 +85,11 @@ class Conv2D(Layer):
             raise ValueError(f"'padding={padding}' is invalid; use an int, a pair, 'same' or 'valid'")
         self.padding = padding if isinstance(padding, str) else _pair(padding, "padding")
         self.in_channels, self.out_channels, self.init, self.seed = in_channels, out_channels, init, seed
+        self.dtype = np.dtype(dtype)
         kh, kw = self.kernel
         rng = np.random.default_rng(seed)
-        self.params = {"W": initialise((kh, kw, in_channels, out_channels), kh * kw * in_channels, kh * kw * out_channels, init, rng),
-                       "b": np.zeros(out_channels)}
+        w = initialise((kh, kw, in_channels, out_channels), kh * kw * in_channels, kh * kw * out_channels, init, rng)
+        self.params = {"W": w.astype(self.dtype), "b": np.zeros(out_channels, self.dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
@@ -110,11 +112,10 @@ class Conv2D(Layer):
         # dL/d(padded input) = full correlation of the stride-dilated gradient with the flipped kernel
         sh, sw = self.stride
         hp, wp = self.xp_shape[1:3]
-        dil = np.zeros((n, (ho - 1) * sh + 1, (wo - 1) * sw + 1, cout), dout.dtype)
-        dil[:, ::sh, ::sw] = dout
-        # rows/cols of the padded input that no window reached get zero gradient: pad them at the end
-        extra_h, extra_w = hp - ((ho - 1) * sh + kh), wp - ((wo - 1) * sw + kw)
-        dpad = np.pad(dil, ((0, 0), (kh - 1, kh - 1 + extra_h), (kw - 1, kw - 1 + extra_w), (0, 0)))
+        # the gradient dilated by the stride and padded by kernel - 1, built in one buffer; rows and
+        # columns of the padded input that no window reached (hp - extent) get zero gradient
+        dpad = np.zeros((n, hp + kh - 1, wp + kw - 1, cout), dout.dtype)
+        dpad[:, kh - 1 : kh - 1 + (ho - 1) * sh + 1 : sh, kw - 1 : kw - 1 + (wo - 1) * sw + 1 : sw] = dout
         w_flip = self.params["W"][::-1, ::-1].transpose(0, 1, 3, 2)  # (kh, kw, C_out, C_in)
         dxp, _ = correlate(dpad, w_flip, (1, 1))
         (pt, _), (pl, _) = self.pad
@@ -124,4 +125,4 @@ class Conv2D(Layer):
     def config(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": list(self.kernel),
                 "stride": list(self.stride), "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
-                "init": self.init, "seed": self.seed}
+                "init": self.init, "seed": self.seed, "dtype": self.dtype.name}

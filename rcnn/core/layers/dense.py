@@ -14,14 +14,16 @@ __all__ = ["FC"]
 class FC(Layer):
     """``y = x W + b`` with ``x`` (N, in_features), ``W`` (in_features, out_features), ``b`` (out_features,)."""
 
-    def __init__(self, in_features: int, out_features: int, init: str = "he", seed: int | None = None) -> None:
+    def __init__(self, in_features: int, out_features: int, init: str = "he", seed: int | None = None,
+                 dtype: str | type = "float64") -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"FC sizes must be positive, got in_features={in_features}, out_features={out_features}")
         self.in_features, self.out_features, self.init, self.seed = in_features, out_features, init, seed
+        self.dtype = np.dtype(dtype)
         rng = np.random.default_rng(seed)
-        self.params = {"W": initialise((in_features, out_features), in_features, out_features, init, rng),
-                       "b": np.zeros(out_features)}
+        self.params = {"W": initialise((in_features, out_features), in_features, out_features, init, rng).astype(self.dtype),
+                       "b": np.zeros(out_features, self.dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
@@ -36,4 +38,5 @@ class FC(Layer):
         return dout @ self.params["W"].T
 
     def config(self) -> dict[str, Any]:
-        return {"in_features": self.in_features, "out_features": self.out_features, "init": self.init, "seed": self.seed}
+        return {"in_features": self.in_features, "out_features": self.out_features, "init": self.init, "seed": self.seed,
+                "dtype": self.dtype.name}
