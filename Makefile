@@ -2,6 +2,7 @@
 #   make demo                      install, then run the pipeline on the built-in synthetic dataset
 #   make test                      install, then run the test suite
 #   make pipeline DATA=<voc dir> OUT=<dir> [BACKBONE=efficientnet_lite0] [EPOCHS=10] ...
+#                                  (without DATA: a synthetic dataset generated in data/synth)
 PYTHON   ?= python3
 PIP      := $(PYTHON) -m pip
 # torch/torchvision are pinned: these builds come from local disk here, an unpinned
@@ -42,6 +43,7 @@ demo: $(STAMP)
 	$(PYTHON) -m rcnn.cli demo --out runs/demo
 
 pipeline: $(STAMP)
+	@[ "$(DATA)" != data/synth ] || [ -d data/synth/Annotations ] || $(PYTHON) -m rcnn.cli synth data/synth --images 60
 	$(PYTHON) -m rcnn.cli pipeline "$(DATA)" --out "$(OUT)" --backbone $(BACKBONE) --epochs $(EPOCHS) \
 		--size $(SIZE) --mode $(MODE) --max-side $(MAX_SIDE) --workers $(WORKERS) \
 		--max-proposals $(PROPOSALS) --detect-proposals $(DETECT_PROPOSALS) \

@@ -72,9 +72,18 @@ def auto_batch_size(device: torch.device | str) -> int:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; raises ValueError otherwise."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"'device={name}' is invalid; valid devices are auto, cpu and cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"'device={name}' is not available: this machine has no CUDA GPU; use auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"'device={name}' is invalid; valid devices are auto, cpu and cuda")
+    return device
 
 
 @dataclass

@@ -114,3 +114,14 @@ def test_box_voting_averages_overlapping_boxes_by_score():
     # box 2 is another class; box 1 overlaps box 0 at IoU 0.82: (0.6 * b0 + 0.3 * b1) / 0.9
     np.testing.assert_allclose(out[1], (0.6 * boxes[0] + 0.3 * boxes[1]) / 0.9, rtol=1e-5)
     assert vote_boxes(boxes, scores, labels, np.zeros(0, np.int64), 0.5).shape == (0, 4)
+
+
+def test_unavailable_device_is_a_usage_error(synth_model, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    res = CliRunner().invoke(main, ["detect", str(synth_model), str(tmp_path), "--device", "cuda"])
+    assert res.exit_code == 2 and "no CUDA GPU" in res.output
+    res = CliRunner().invoke(main, ["detect", str(synth_model), str(tmp_path), "--device", "tpu"])
+    assert res.exit_code == 2 and "'device=tpu' is invalid" in res.output
