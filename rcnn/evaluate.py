@@ -177,11 +177,16 @@ def evaluate(detections: list[dict[str, Any]], dataset: Dataset, split: str = "t
     images = dataset.split(split)
     if not images:
         raise DataError(f"no images in split '{split}'")
-    for d in detections:
-        if not {"bbox", "score", "category"} <= set(d):
-            raise DataError("detections must have 'bbox', 'score' and 'category' (the format `rcnn detect` writes)")
-    dets = _attach_images(detections, images)
     classes = list(dataset.classes)
+    named = []
+    for d in detections:
+        if "category" not in d and isinstance(d.get("category_id"), int) and 1 <= d["category_id"] <= len(classes):
+            d = {**d, "category": classes[d["category_id"] - 1]}  # plain COCO results: 1-based class ids
+        if not {"bbox", "score", "category"} <= set(d):
+            raise DataError("each detection needs 'bbox', 'score' and 'category' (or a 1-based 'category_id'), "
+                            "as `rcnn detect` writes them")
+        named.append(d)
+    dets = _attach_images(named, images)
     ap50: dict[str, float | None] = {}
     curves = {}
     for c in classes:

@@ -124,3 +124,13 @@ def test_evaluate_coco_map_in_range_and_reported():
     r = evaluate([det("i", "cat", [12, 12, 112, 112], 0.9), det("j", "cat", [230, 230, 330, 330], 0.8)], ds)
     assert r["map50"] == pytest.approx(0.5)  # the second box has IoU 0.325
     assert 0.0 < r["map50_95"] < r["map50"]
+
+
+def test_plain_coco_results_with_category_ids():
+    ds = dataset({"i": [("cat", A, False)]})
+    d = det("i", "cat", A, 0.9)
+    del d["category"]
+    d["category_id"] = ds.classes.index("cat") + 1
+    assert evaluate([d], ds)["ap50"]["cat"] == 1.0
+    with pytest.raises(Exception, match="needs 'bbox'"):
+        evaluate([{"file_name": "/data/i.jpg", "score": 0.5}], ds)
