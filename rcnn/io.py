@@ -94,6 +94,8 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """
     try:
         with Image.open(path) as im:
+            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                raise DataError(f"image {path} is {im.size[0]}x{im.size[1]}, larger than {MAX_IMAGE_PIXELS} pixels")
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float64)

@@ -18,7 +18,8 @@ from lxml import etree
 from PIL import Image
 
 from .errors import DataError
-from .io import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, read_json, write_json
+from . import io
+from .io import IMAGE_EXTENSIONS, read_json, write_json
 
 SPLITS = ("train", "test")
 # Boxes may stick out of the image by this much (the 0- vs 1-based ambiguity of
@@ -217,8 +218,8 @@ def _check_image(path: Path) -> tuple[int, int]:
     """Decode the image (cheaply, at reduced scale for JPEG) to prove it is readable; return (w, h)."""
     with Image.open(path) as im:
         size = im.size
-        if size[0] * size[1] > MAX_IMAGE_PIXELS:
-            raise DataError(f"image is larger than {MAX_IMAGE_PIXELS} pixels")
+        if size[0] * size[1] > io.MAX_IMAGE_PIXELS:
+            raise DataError(f"image is {size[0]}x{size[1]}, larger than {io.MAX_IMAGE_PIXELS} pixels")
         if im.format == "JPEG":
             im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
         im.load()
