@@ -18,7 +18,7 @@ from .errors import DataError
 from .evaluate import evaluate, format_report as format_eval
 from .io import write_json
 from .model import load_model
-from .parse import Dataset, format_summary, parse_dataset
+from .parse import format_summary, parse_dataset
 from .propose import ProposalSet, ProposeConfig, proposal_report, propose_dataset
 from .train import TrainConfig, format_report as format_train, train
 

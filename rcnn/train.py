@@ -18,7 +18,7 @@ import io as _io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -516,7 +516,3 @@ def format_report(report: dict[str, Any]) -> str:
     s = report["seconds"]
     lines.append(f"{s['total']} s in all: features {s['features']} s, epochs {s['epochs']} s ({report['device']})")
     return "\n".join(lines)
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]

@@ -180,8 +180,7 @@ def test_box_regressor_is_fitted_and_reported(synth_model):
 def test_fine_tuning_and_flip_augmentation_run(tmp_path, synth_crops):
     cfg = dict(backbone="efficientnet_lite0", weights="none", epochs=1, batch_size=16, optimizer="adam")
     tuned = train(synth_crops, tmp_path / "ft", TrainConfig(freeze_backbone=False, hflip=True, **cfg), progress=False)
-    assert tuned["seconds"]["features"] < 1.0  # nothing cached when the backbone trains
-    assert not (tmp_path / "ft" / "cache").exists()
+    assert not (tmp_path / "ft" / "cache").exists()  # nothing cached when the backbone trains
     flipped = train(synth_crops, tmp_path / "fl", TrainConfig(hflip=True, **cfg), progress=False)
     assert len(list((tmp_path / "fl" / "cache").glob("features-*.npy"))) == 2  # plain and mirrored crops
     for r in (tuned, flipped):
