@@ -125,3 +125,13 @@ def test_unavailable_device_is_a_usage_error(synth_model, tmp_path):
     assert res.exit_code == 2 and "no CUDA GPU" in res.output
     res = CliRunner().invoke(main, ["detect", str(synth_model), str(tmp_path), "--device", "tpu"])
     assert res.exit_code == 2 and "'device=tpu' is invalid" in res.output
+
+
+def test_evaluate_runs_a_model_folder(tmp_path, synth_model, synth_parsed):
+    out = tmp_path / "eval" / "report.json"
+    res = CliRunner().invoke(main, ["evaluate", str(synth_model), str(synth_parsed), "--split", "test", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "eval" / "detections.json").is_file()
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 3 and 0.0 <= report["map50"] <= 1.0
+    assert json.loads(res.output.strip().splitlines()[-2]) == {"map50": report["map50"], "map50_95": report["map50_95"]}
