@@ -60,16 +60,11 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     return out.numpy()
 
 
-def box_area(boxes: np.ndarray) -> np.ndarray:
-    """Area of each box; ndarray[N] float32."""
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-
-
-def valid_boxes(boxes: np.ndarray, min_size: float = 1e-3) -> np.ndarray:
-    """Boolean mask of boxes whose width and height are both at least ``min_size`` pixels."""
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    return ((b[:, 2] - b[:, 0]) >= min_size) & ((b[:, 3] - b[:, 1]) >= min_size)
+def remove_small_boxes(boxes: np.ndarray, min_size: float) -> np.ndarray:
+    """Indices (int64, in order) of the boxes whose width and height are both at least ``min_size`` pixels."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return ops.remove_small_boxes(_t(boxes), min_size).numpy()
 
 
 def encode(proposals: np.ndarray, targets: np.ndarray) -> np.ndarray:

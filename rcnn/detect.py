@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from lxml import etree
 
-from .boxes import batched_nms, box_iou, clip_boxes, decode, valid_boxes
+from .boxes import batched_nms, box_iou, clip_boxes, decode, remove_small_boxes
 from .crop import warp_regions
 from .errors import DataError
 from .io import find_images, load_rgb, write_atomic, write_json, write_text
@@ -109,7 +109,7 @@ def select_detections(boxes: np.ndarray, scores: np.ndarray, classes: list[str],
         b = decode(b, deltas[rows, cols + 1])
         if image_size is not None:
             b = clip_boxes(b, *image_size)
-        ok = valid_boxes(b, 1.0)
+        ok = remove_small_boxes(b, 1.0)
         b, s, l = b[ok], s[ok], l[ok]
     keep = batched_nms(b, s, l, config.nms_iou)[: config.max_detections]
     kept = vote_boxes(b, s, l, keep, config.vote_iou) if config.vote_iou > 0 else b[keep]
