@@ -239,7 +239,6 @@ def crop_dataset(
     write_json(meta_path, settings)
 
     start = time.perf_counter()
-    torch_threads = torch.get_num_threads()
     reused = 0
     for a in tqdm(images, desc="crop", unit="img", disable=None if progress else True):
         shard = out / "shards" / f"{a.id}.npz"
@@ -247,7 +246,6 @@ def crop_dataset(
             reused += 1
             continue
         _write_shard(shard, crop_image(a, pset.boxes(a.id), classes, config))
-    torch.set_num_threads(torch_threads)
 
     # assemble the index, counts and weights from the shards
     rows = []

@@ -195,11 +195,12 @@ def evaluate(detections: list[dict[str, Any]], dataset: Dataset, split: str = "t
         ap50[c] = round(average_precision(rec, prec, "voc"), 4) if n_pos else None  # no ground truth: AP undefined
         curves[c] = (rec, prec)
     valid = [v for v in ap50.values() if v is not None]
+    coco = coco_map(dets, images, classes)
     report = {
         "map50": round(float(np.mean(valid)), 4) if valid else 0.0,
-        "map50_95": coco_map(dets, images, classes)["map50_95"],
+        "map50_95": coco["map50_95"],
         "ap50": ap50,
-        "coco": coco_map(dets, images, classes),
+        "coco": coco,
         "split": split,
         "n_images": len(images),
         "n_images_with_detections": len({d["_image"] for d in dets}),

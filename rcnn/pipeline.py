@@ -15,7 +15,7 @@ from typing import Any
 from .crop import CropConfig, crop_dataset
 from .detect import DetectConfig, detect
 from .errors import DataError
-from .evaluate import evaluate, format_report as format_eval
+from .evaluate import evaluate, format_report as format_eval, load_detections
 from .io import write_json
 from .model import load_model
 from .parse import format_summary, parse_dataset
@@ -90,8 +90,6 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | Non
     done("detect")
 
     stage("evaluate")
-    from .evaluate import load_detections
-
     evaluation = evaluate(load_detections(out / "detect" / "detections.json"), ds, "test", plot=out / "pr_curve.png")
     write_json(out / "evaluation.json", evaluation)
     echo(format_eval(evaluation))
