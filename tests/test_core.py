@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import stat
+import threading
+import tracemalloc
+import warnings
+import zipfile
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -299,6 +309,303 @@ def test_load_refuses_pickles(tmp_path):
     np.savez(path, __architecture__=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError):
         Model.load(path)
+
+
+# ----------------------------------------------------------------------------- model files
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def npy_header(shape: tuple[int, ...], descr: str = "<f8") -> bytes:
+    """A .npy header promising an array of ``shape``, without the data."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes] | list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w") as zf:
+        warnings.simplefilter("ignore")  # a duplicate name is one of the cases
+        for name, data in members.items() if isinstance(members, dict) else members:
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def arch_array(arch: object) -> np.ndarray:
+    return np.frombuffer(json.dumps(arch).encode(), dtype=np.uint8)
+
+
+def model_file(edit: Callable[[dict, dict], None] | None = None) -> bytes:
+    """The bytes of ``small_cnn`` saved, after ``edit(architecture, arrays)`` (which may set
+    ``arrays["__architecture__"]`` itself)."""
+    m = small_cnn()
+    arch, arrays = m.architecture(), {f"{n}/{k}": v for n, layer in m.layers for k, v in layer.params.items()}
+    if edit is not None:
+        edit(arch, arrays)
+    arrays.setdefault("__architecture__", arch_array(arch))
+    return zip_bytes({f"{k}.npy": npy_bytes(v) for k, v in arrays.items()})
+
+
+def spec(arch: dict, name: str) -> dict:
+    return next(s for s in arch["layers"] if s["name"] == name)
+
+
+def edit_config(name: str, key: str, value: object) -> Callable[[dict, dict], None]:
+    return lambda a, z: spec(a, name)["config"].__setitem__(key, value)
+
+
+def raw_architecture(data: bytes) -> Callable[[dict, dict], None]:
+    return lambda a, z: z.__setitem__("__architecture__", np.frombuffer(data, dtype=np.uint8))
+
+
+def load_error(tmp_path, data: bytes) -> str:
+    """Model.load's message for a file of ``data``, checked to be one line naming the file."""
+    path = tmp_path / "bad model.npz"
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as err:
+        Model.load(path)
+    message = str(err.value)
+    assert f"'{path}'" in message and "\n" not in message, message
+    return message
+
+
+UNPICKLED: list[str] = []
+
+
+def _record_unpickling() -> str:
+    UNPICKLED.append("unpickled")
+    return "unpickled"
+
+
+class Unpicklable:
+    """Unpickling this records it: a loader that unpickles would leave a trace."""
+
+    def __reduce__(self):
+        return _record_unpickling, ()
+
+
+MALFORMED: dict[str, Callable[[], bytes]] = {
+    # the archive
+    "not a zip": lambda: b"this is not a zip archive",
+    "empty file": lambda: b"",
+    "truncated in half": lambda: model_file()[: len(model_file()) // 2],
+    "truncated tail": lambda: model_file()[:-10],
+    "a bare .npy": lambda: npy_bytes(np.zeros(3)),
+    "member not .npy": lambda: zip_bytes({"__architecture__.npy": npy_bytes(arch_array({})), "readme.txt": b"hi"}),
+    "duplicate member": lambda: zip_bytes([("__architecture__.npy", npy_bytes(arch_array({})))] * 2),
+    "garbage .npy header": lambda: zip_bytes({"__architecture__.npy": b"\x93NUMPY garbage"}),
+    # the architecture
+    "no architecture": lambda: zip_bytes({"fc/W.npy": npy_bytes(np.zeros((2, 2)))}),
+    "pickled architecture": lambda: zip_bytes({"__architecture__.npy": npy_bytes(np.array([Unpicklable()], dtype=object))}),
+    "architecture not bytes": lambda: model_file(lambda a, z: z.__setitem__("__architecture__", np.zeros(3))),
+    "architecture not utf-8": lambda: model_file(raw_architecture(b"\xff\xfe{}")),
+    "architecture not json": lambda: model_file(raw_architecture(b"{layers: [")),
+    "architecture nested too deeply": lambda: model_file(raw_architecture(b"[" * 100_000)),
+    "architecture not a dict": lambda: model_file(raw_architecture(b"[1, 2]")),
+    "unknown format": lambda: model_file(lambda a, z: a.__setitem__("format", "rcnn-core-model-v0")),
+    "architecture lacks loss": lambda: model_file(lambda a, z: a.pop("loss")),
+    "architecture has unknown key": lambda: model_file(lambda a, z: a.__setitem__("metrics", [])),
+    "layers not a list": lambda: model_file(lambda a, z: a.__setitem__("layers", {"fc": {}})),
+    # layer specs
+    "layer spec not a dict": lambda: model_file(lambda a, z: a["layers"].__setitem__(1, "relu")),
+    "layer spec lacks config": lambda: model_file(lambda a, z: spec(a, "fc").pop("config")),
+    "layer spec lacks type": lambda: model_file(lambda a, z: spec(a, "fc").pop("type")),
+    "layer spec lacks name": lambda: model_file(lambda a, z: a["layers"][1].pop("name")),
+    "layer name not a string": lambda: model_file(lambda a, z: a["layers"][1].__setitem__("name", ["relu"])),
+    "duplicate layer names": lambda: model_file(lambda a, z: spec(a, "relu").__setitem__("name", "flat")),
+    "unknown layer type": lambda: model_file(lambda a, z: spec(a, "relu").__setitem__("type", "LSTM")),
+    "layer type not a string": lambda: model_file(lambda a, z: spec(a, "relu").__setitem__("type", ["ReLU"])),
+    "config not a dict": lambda: model_file(lambda a, z: spec(a, "fc").__setitem__("config", [64, 3])),
+    # configs
+    "unknown config key": lambda: model_file(edit_config("fc", "bias", False)),
+    "config key params": lambda: model_file(edit_config("fc", "params", {})),
+    "config for an argument-less layer": lambda: model_file(edit_config("relu", "inplace", True)),
+    "missing config key": lambda: model_file(lambda a, z: spec(a, "fc")["config"].pop("out_features")),
+    "infinite size": lambda: model_file(edit_config("fc", "in_features", float("inf"))),
+    "NaN seed": lambda: model_file(edit_config("fc", "seed", float("nan"))),
+    "NaN inside a list": lambda: model_file(edit_config("conv", "kernel_size", [3, float("nan")])),
+    "negative size": lambda: model_file(edit_config("fc", "out_features", -3)),
+    "zero size": lambda: model_file(edit_config("fc", "in_features", 0)),
+    "fractional size": lambda: model_file(edit_config("fc", "in_features", 64.5)),
+    "boolean size": lambda: model_file(edit_config("conv", "in_channels", True)),
+    "string size": lambda: model_file(edit_config("fc", "in_features", "64")),
+    "zero kernel": lambda: model_file(edit_config("conv", "kernel_size", [0, 3])),
+    "three-sided kernel": lambda: model_file(edit_config("pool", "kernel_size", [2, 2, 2])),
+    "unknown padding": lambda: model_file(edit_config("conv", "padding", "full")),
+    "negative seed": lambda: model_file(edit_config("fc", "seed", -1)),
+    "unknown init": lambda: model_file(edit_config("fc", "init", "glorot")),
+    "integer dtype": lambda: model_file(edit_config("fc", "dtype", "int64")),
+    "unknown dtype": lambda: model_file(edit_config("fc", "dtype", "float1024")),
+    "pooling mode not a string": lambda: model_file(edit_config("pool", "mode", ["max"])),
+    # arrays
+    "missing array": lambda: model_file(lambda a, z: z.pop("fc/W")),
+    "extra array of a layer": lambda: model_file(lambda a, z: z.__setitem__("fc/extra", np.zeros(3))),
+    "array of no layer": lambda: model_file(lambda a, z: z.__setitem__("ghost/W", np.zeros(3))),
+    "shape mismatch": lambda: model_file(lambda a, z: z.__setitem__("fc/W", z["fc/W"].T.copy())),
+    "integer array": lambda: model_file(lambda a, z: z.__setitem__("fc/b", z["fc/b"].astype(np.int64))),
+    "float32 array in a float64 layer": lambda: model_file(lambda a, z: z.__setitem__("fc/b", z["fc/b"].astype(np.float32))),
+    "pickled object array": lambda: model_file(lambda a, z: z.__setitem__("fc/b", np.array([Unpicklable()] * 3, dtype=object))),
+    "truncated array data": lambda: zip_bytes({"__architecture__.npy": npy_bytes(arch_array({})), "fc/W.npy": npy_header((64, 3)) + b"\0" * 8}),
+    # loss and optimizer
+    "unknown loss": lambda: model_file(lambda a, z: a.__setitem__("loss", "hinge")),
+    "loss not a string": lambda: model_file(lambda a, z: a.__setitem__("loss", ["mse"])),
+    "unknown optimizer": lambda: model_file(lambda a, z: a["optimizer"].__setitem__("type", "sgd")),
+    "optimizer not a dict": lambda: model_file(lambda a, z: a.__setitem__("optimizer", "adam")),
+    "optimizer lacks config": lambda: model_file(lambda a, z: a["optimizer"].pop("config")),
+    "optimizer config not a dict": lambda: model_file(lambda a, z: a["optimizer"].__setitem__("config", [0.01])),
+    "optimizer unknown key": lambda: model_file(lambda a, z: a["optimizer"]["config"].__setitem__("momentum", 0.9)),
+    "optimizer negative lr": lambda: model_file(lambda a, z: a["optimizer"]["config"].__setitem__("lr", -1)),
+    "optimizer NaN lr": lambda: model_file(lambda a, z: a["optimizer"]["config"].__setitem__("lr", float("nan"))),
+    "optimizer lr a string (TypeError)": lambda: model_file(lambda a, z: a["optimizer"]["config"].__setitem__("lr", "fast")),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_model_files_raise_one_line_value_errors_naming_the_file(tmp_path, case):
+    UNPICKLED.clear()
+    load_error(tmp_path, MALFORMED[case]())
+    assert not UNPICKLED
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("missing array", "layer 'fc' (FC) declares W of shape (64, 3) but the file has none"),
+    ("shape mismatch", "layer 'fc' (FC) declares W of shape (64, 3) but the file has shape (3, 64)"),
+    ("integer array", "layer 'fc' (FC) declares b as float64 but the file has int64"),
+    ("unknown config key", "layer 'fc' (FC) has unknown config key(s) 'bias'"),
+    ("zero kernel", "layer 'conv' (Conv2D)"),
+    ("extra array of a layer", "layer 'fc' (FC) has no parameter for the array 'fc/extra'"),
+    ("pickled object array", "array 'fc/b' is a pickled object array"),
+])
+def test_model_file_errors_name_the_layer(tmp_path, case, fragment):
+    assert fragment in load_error(tmp_path, MALFORMED[case]())
+
+
+def test_corrupted_model_files_raise_only_value_errors(tmp_path):
+    """Random byte damage anywhere in a good file: ValueError naming the file, or a clean load."""
+    good, rng, path = model_file(), np.random.default_rng(0), tmp_path / "m.npz"
+    for _ in range(300):
+        data = bytearray(good)
+        pos = int(rng.integers(len(data)))
+        if rng.random() < 0.5:
+            data[pos] ^= int(rng.integers(1, 256))
+        else:
+            del data[pos : pos + int(rng.integers(1, 64))]
+        path.write_bytes(bytes(data))
+        try:
+            Model.load(path)
+        except ValueError as e:
+            assert f"'{path}'" in str(e) and "\n" not in str(e), str(e)
+
+
+def huge_fc_file(with_arrays: bool) -> bytes:
+    """A file of a few hundred bytes declaring FC(10000, 10000): W alone would be 800 MB."""
+    arch = {"format": "rcnn-core-model-v1", "loss": "mse", "optimizer": {"type": "adam", "config": {}},
+            "layers": [{"name": "fc1", "type": "FC", "config": {"in_features": 10_000, "out_features": 10_000}}]}
+    members = {"__architecture__.npy": npy_bytes(arch_array(arch))}
+    if with_arrays:  # headers promising the full arrays, with almost no data behind them
+        members["fc1/W.npy"] = npy_header((10_000, 10_000)) + b"\0" * 64
+        members["fc1/b.npy"] = npy_header((10_000,)) + b"\0" * 64
+    return zip_bytes(members)
+
+
+@pytest.mark.parametrize("with_arrays", [False, True])
+def test_load_checks_declared_sizes_before_allocating(tmp_path, with_arrays):
+    data = huge_fc_file(with_arrays)
+    assert len(data) < 2000
+    tracemalloc.start()
+    try:
+        message = load_error(tmp_path, data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, f"loading a {len(data)}-byte file peaked at {peak / 2**20:.0f} MiB"
+    expected = "is truncated" if with_arrays else "layer 'fc1' (FC) declares W of shape (10000, 10000) but the file has none"
+    assert expected in message
+
+
+def test_load_reads_each_array_once_and_draws_no_initial_weights(tmp_path):
+    m = Model([("fc", FC(1000, 1000, seed=0))], "mse")
+    path = m.save(tmp_path / "m.npz")
+    tracemalloc.start()
+    try:
+        back = Model.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    nbytes = m["fc"].params["W"].nbytes
+    # the parameters and their gradient buffers, not also random weights and copies
+    assert peak < 2.5 * nbytes, f"peak {peak / nbytes:.1f} x the weights"
+    np.testing.assert_array_equal(back["fc"].params["W"], m["fc"].params["W"])
+
+
+def test_param_shapes_check_configs_without_allocating():
+    assert FC.param_shapes(10**6, 10**6) == {"W": (10**6, 10**6), "b": (10**6,)}
+    assert Conv2D.param_shapes(3, 8, (5, 3)) == {"W": (5, 3, 3, 8), "b": (8,)}
+    assert MaxPool2D.param_shapes(2) == {} and ReLU.param_shapes() == {}
+    with pytest.raises(ValueError, match="'in_features=0'"):
+        FC.param_shapes(0, 3)
+    with pytest.raises(ValueError, match="'dtype='int32''"):
+        FC.param_shapes(2, 3, dtype="int32")
+    layer = FC(3, 2, params={"W": np.ones((3, 2)), "b": np.zeros(2)})
+    np.testing.assert_array_equal(layer.params["W"], np.ones((3, 2)))
+    with pytest.raises(ValueError, match="shape"):
+        FC(3, 2, params={"W": np.ones((2, 3)), "b": np.zeros(2)})
+
+
+def test_concurrent_saves_do_not_clobber_each_other(tmp_path, monkeypatch):
+    barrier = threading.Barrier(2, timeout=30)
+    savez = np.savez
+
+    def savez_together(f, **arrays):
+        barrier.wait()  # both saves have created their temporary files before either writes
+        savez(f, **arrays)
+
+    monkeypatch.setattr(np, "savez", savez_together)
+    path, models, errors = tmp_path / "m.npz", [small_cnn(seed=1), small_cnn(seed=2)], []
+
+    def save(m: Model) -> None:
+        try:
+            m.save(path)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=save, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+    back = Model.load(path)
+    assert any(np.array_equal(back["fc"].params["W"], m["fc"].params["W"]) for m in models)
+
+
+def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = small_cnn(seed=1).save(tmp_path / "m.npz")
+    before = path.read_bytes()
+
+    def broken_savez(f, **arrays):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        small_cnn(seed=2).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_saved_model_gets_the_usual_permissions(tmp_path):
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")
+    path = small_cnn().save(tmp_path / "m.npz")
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(reference.stat().st_mode)
 
 
 def test_bad_arguments_name_the_value():

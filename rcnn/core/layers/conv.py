@@ -7,24 +7,52 @@ Python loop over pixels, positions or channels.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .base import Layer, initialise
+from .base import Layer, adopt_params, check_init, check_seed, float_dtype, initialise, positive_int
 
 __all__ = ["Conv2D", "conv_output_size", "resolve_padding"]
 
 Pair = tuple[int, int]
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def _pair(v: int | tuple[int, int] | list[int], name: str) -> Pair:
-    if isinstance(v, (int, np.integer)):
+    if _is_int(v):
         return int(v), int(v)
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, (int, np.integer)) for i in v):
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(i) for i in v):
         return int(v[0]), int(v[1])
     raise ValueError(f"'{name}={v!r}' is invalid; give an int or a pair of ints")
+
+
+def _positive_pair(v: int | tuple[int, int] | list[int], name: str) -> Pair:
+    pair = _pair(v, name)
+    if min(pair) < 1:
+        raise ValueError(f"'{name}={v!r}' is invalid; give a positive int or a pair of them")
+    return pair
+
+
+def _padding(padding: int | tuple[int, int] | list[int] | str) -> Pair | str:
+    """``same``, ``valid`` or a pair of non-negative ints.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"'padding={padding}' is invalid; use an int, a pair, 'same' or 'valid'")
+        return padding
+    pair = _pair(padding, "padding")
+    if min(pair) < 0:
+        raise ValueError(f"'padding={padding}' is invalid; padding cannot be negative")
+    return pair
 
 
 def resolve_padding(padding: int | tuple[int, int] | str, size: Pair, kernel: Pair, stride: Pair) -> tuple[Pair, Pair]:
@@ -70,27 +98,59 @@ def correlate(xp: np.ndarray, w: np.ndarray, stride: Pair) -> tuple[np.ndarray, 
 
 
 class Conv2D(Layer):
-    """Convolution of NHWC input with kernels ``W`` (kh, kw, C_in, C_out) and one bias per filter."""
+    """Convolution of NHWC input with kernels ``W`` (kh, kw, C_in, C_out) and one bias per filter.
+
+    Args:
+        in_channels: input channels, a positive integer.
+        out_channels: filters, a positive integer.
+        kernel_size: a positive int or a pair (kh, kw).
+        stride: a positive int or a pair.
+        padding: a non-negative int or pair, ``same`` (as TensorFlow) or ``valid``.
+        init: ``random``, ``xavier`` or ``he`` (see :func:`initialise`).
+        seed: seed of the initial weights.
+        dtype: floating-point dtype of the parameters.
+        params: ``{"W": ..., "b": ...}`` to use (not copied) instead of drawing initial weights.
+
+    Raises:
+        ValueError: an argument is invalid, or ``params`` has other names, shapes or dtypes.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,
                  padding: int | tuple[int, int] | str = 0, init: str = "he", seed: int | None = None,
-                 dtype: str | type = "float64") -> None:
+                 dtype: str | type = "float64", *, params: Mapping[str, np.ndarray] | None = None) -> None:
         super().__init__()
+        shapes = self.param_shapes(in_channels, out_channels, kernel_size, stride, padding, init, seed, dtype)
         self.kernel = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
-        if in_channels < 1 or out_channels < 1 or min(self.kernel) < 1 or min(self.stride) < 1:
-            raise ValueError(f"Conv2D needs positive channels, kernel and stride; got in_channels={in_channels}, "
-                             f"out_channels={out_channels}, kernel_size={kernel_size}, stride={stride}")
-        if isinstance(padding, str) and padding not in ("same", "valid"):
-            raise ValueError(f"'padding={padding}' is invalid; use an int, a pair, 'same' or 'valid'")
-        self.padding = padding if isinstance(padding, str) else _pair(padding, "padding")
-        self.in_channels, self.out_channels, self.init, self.seed = in_channels, out_channels, init, seed
-        self.dtype = np.dtype(dtype)
-        kh, kw = self.kernel
-        rng = np.random.default_rng(seed)
-        w = initialise((kh, kw, in_channels, out_channels), kh * kw * in_channels, kh * kw * out_channels, init, rng)
-        self.params = {"W": w.astype(self.dtype), "b": np.zeros(out_channels, self.dtype)}
+        self.padding = _padding(padding)
+        self.in_channels, self.out_channels, self.init, self.seed = int(in_channels), int(out_channels), init, seed
+        self.dtype = float_dtype(dtype)
+        if params is None:
+            kh, kw = self.kernel
+            rng = np.random.default_rng(seed)
+            w = initialise(shapes["W"], kh * kw * self.in_channels, kh * kw * self.out_channels, init, rng)
+            params = {"W": w.astype(self.dtype, copy=False), "b": np.zeros(shapes["b"], self.dtype)}
+        self.params = adopt_params("Conv2D", params, shapes, self.dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    @classmethod
+    def param_shapes(cls, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,
+                     padding: int | tuple[int, int] | str = 0, init: str = "he", seed: int | None = None,
+                     dtype: str | type = "float64") -> dict[str, tuple[int, ...]]:
+        """Check the constructor arguments; the shapes of ``W`` and ``b``, allocating nothing.
+
+        Raises:
+            ValueError: a channel count, kernel size or stride is not positive, the padding is negative or
+                unknown, or ``init``, ``seed`` or ``dtype`` is invalid.
+        """
+        cin, cout = positive_int(in_channels, "in_channels"), positive_int(out_channels, "out_channels")
+        kh, kw = _positive_pair(kernel_size, "kernel_size")
+        _positive_pair(stride, "stride")
+        _padding(padding)
+        check_init(init)
+        check_seed(seed)
+        float_dtype(dtype)
+        return {"W": (kh, kw, cin, cout), "b": (cout,)}
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         if x.ndim != 4 or x.shape[3] != self.in_channels:

@@ -2,29 +2,57 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from .base import Layer, initialise
+from .base import Layer, adopt_params, check_init, check_seed, float_dtype, initialise, positive_int
 
 __all__ = ["FC"]
 
 
 class FC(Layer):
-    """``y = x W + b`` with ``x`` (N, in_features), ``W`` (in_features, out_features), ``b`` (out_features,)."""
+    """``y = x W + b`` with ``x`` (N, in_features), ``W`` (in_features, out_features), ``b`` (out_features,).
+
+    Args:
+        in_features: input size, a positive integer.
+        out_features: output size, a positive integer.
+        init: ``random``, ``xavier`` or ``he`` (see :func:`initialise`).
+        seed: seed of the initial weights.
+        dtype: floating-point dtype of the parameters.
+        params: ``{"W": ..., "b": ...}`` to use (not copied) instead of drawing initial weights.
+
+    Raises:
+        ValueError: an argument is invalid, or ``params`` has other names, shapes or dtypes.
+    """
 
     def __init__(self, in_features: int, out_features: int, init: str = "he", seed: int | None = None,
-                 dtype: str | type = "float64") -> None:
+                 dtype: str | type = "float64", *, params: Mapping[str, np.ndarray] | None = None) -> None:
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"FC sizes must be positive, got in_features={in_features}, out_features={out_features}")
-        self.in_features, self.out_features, self.init, self.seed = in_features, out_features, init, seed
-        self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(seed)
-        self.params = {"W": initialise((in_features, out_features), in_features, out_features, init, rng).astype(self.dtype),
-                       "b": np.zeros(out_features, self.dtype)}
+        shapes = self.param_shapes(in_features, out_features, init, seed, dtype)
+        self.in_features, self.out_features, self.init, self.seed = int(in_features), int(out_features), init, seed
+        self.dtype = float_dtype(dtype)
+        if params is None:
+            rng = np.random.default_rng(seed)
+            params = {"W": initialise(shapes["W"], self.in_features, self.out_features, init, rng).astype(self.dtype, copy=False),
+                      "b": np.zeros(shapes["b"], self.dtype)}
+        self.params = adopt_params("FC", params, shapes, self.dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    @classmethod
+    def param_shapes(cls, in_features: int, out_features: int, init: str = "he", seed: int | None = None,
+                     dtype: str | type = "float64") -> dict[str, tuple[int, ...]]:
+        """Check the constructor arguments; the shapes of ``W`` and ``b``, allocating nothing.
+
+        Raises:
+            ValueError: a size is not a positive integer, or ``init``, ``seed`` or ``dtype`` is invalid.
+        """
+        n_in, n_out = positive_int(in_features, "in_features"), positive_int(out_features, "out_features")
+        check_init(init)
+        check_seed(seed)
+        float_dtype(dtype)
+        return {"W": (n_in, n_out), "b": (n_out,)}
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         if x.ndim != 2 or x.shape[1] != self.in_features:

@@ -8,7 +8,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .base import Layer
-from .conv import _pair
+from .conv import _pair, _positive_pair
 
 __all__ = ["MaxPool2D"]
 
@@ -23,13 +23,25 @@ class MaxPool2D(Layer):
 
     def __init__(self, kernel_size: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None, mode: str = "max") -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"'mode={mode}' is unknown; valid pooling modes are {', '.join(MODES)}")
+        self.param_shapes(kernel_size, stride, mode)
         self.kernel = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride if stride is not None else kernel_size, "stride")
-        if min(self.kernel) < 1 or min(self.stride) < 1:
-            raise ValueError(f"pooling kernel {self.kernel} and stride {self.stride} must be positive")
         self.mode = mode
+
+    @classmethod
+    def param_shapes(cls, kernel_size: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
+                     mode: str = "max") -> dict[str, tuple[int, ...]]:
+        """Check the constructor arguments; pooling has no parameters, so the shapes are ``{}``.
+
+        Raises:
+            ValueError: ``mode`` is unknown, or the kernel or stride is not a positive int or pair.
+        """
+        if not isinstance(mode, str) or mode not in MODES:
+            raise ValueError(f"'mode={mode}' is unknown; valid pooling modes are {', '.join(MODES)}")
+        _positive_pair(kernel_size, "kernel_size")
+        if stride is not None:
+            _positive_pair(stride, "stride")
+        return {}
 
     def _index(self, n: int, ho: int, wo: int, c: int) -> tuple[np.ndarray, ...]:
         """Broadcastable (n, row, col, channel) indices of every window element, shaped (N, Ho, Wo, C, kh, kw)."""
