@@ -8,23 +8,157 @@ a bad file is skipped (or, with ``strict``, raises) and never stops the run.
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import stat
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from lxml import etree
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 from . import io
-from .io import IMAGE_EXTENSIONS, read_json, write_json
+from .io import IMAGE_EXTENSIONS, write_json
 
 SPLITS = ("train", "test")
 # Boxes may stick out of the image by this much (the 0- vs 1-based ambiguity of
 # real annotation tools) before a clipping warning is worth printing.
 CLIP_TOLERANCE = 1.0
+# Class names taken by the implicit background class (index 0 in later stages). A VOC class with one
+# of these names (compared case-insensitively, ignoring surrounding underscores) would merge with it.
+RESERVED_CLASSES = ("background", "__background__")
+# An annotation larger than this is not a VOC annotation (they are a few KiB).
+MAX_XML_BYTES = 64 * 1024 * 1024
+
+
+def is_reserved_class(name: str) -> bool:
+    """Whether ``name`` is taken by the implicit background class (see :data:`RESERVED_CLASSES`)."""
+    return name.strip().strip("_").lower() in {c.strip("_") for c in RESERVED_CLASSES}
+
+
+# Control characters (a newline in a file name would split a message line) shown as U+FFFD.
+_CONTROL = {c: "\ufffd" for c in [*range(32), 127]}
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as one line of printable UTF-8 text: bytes of a file name that are not UTF-8 (and
+    control characters) become U+FFFD. For messages only; records keep the real path."""
+    text = os.fsdecode(path)
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.translate(_CONTROL)
+
+
+def _resolve(path: Path) -> str:
+    """The absolute path, symlinks resolved where possible (never raising on a loop)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return os.path.abspath(path)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _quote(value: object, limit: int = 40) -> str:
+    """A short, one-line ``repr`` of a value for messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class NotRegularFileError(OSError):
+    """The path is a FIFO, socket, device or directory; it is never opened for reading."""
+
+    def __init__(self, path: str | os.PathLike, kind: str) -> None:
+        super().__init__(f"{display_path(path)} is {kind}, not a regular file")
+        self.kind = kind
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+@contextmanager
+def _open_regular(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """Open a regular file for binary reading; raise :class:`NotRegularFileError` for anything else.
+
+    The type is checked before opening (a FIFO is never opened, so it cannot block) and again on the
+    open descriptor, in case the path was swapped in between.
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(path, _kind(st.st_mode))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, _kind(mode))
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+def _read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """The bytes of a regular file (see :func:`_open_regular`); ``limit`` caps the size."""
+    with _open_regular(path) as f:
+        data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise OSError(f"larger than {limit} bytes")
+    return data
+
+
+def _file_kind(path: Path) -> str | None:
+    """None when ``path`` does not exist, "file" for a regular file, else what it is or why it cannot be read."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    except ValueError as e:  # an embedded NUL byte
+        return f"unusable ({e})"
+    return "file" if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _reason(e: OSError) -> str:
+    """An OSError's reason, without the (possibly undecodable) file name it carries."""
+    if isinstance(e, NotRegularFileError):
+        return f"{e.kind}, not a regular file"
+    return _one_line(e.strerror or e)
 
 
 @dataclass
@@ -117,19 +251,140 @@ class Dataset:
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:
-        """Read a file written by :meth:`save` (``rcnn parse --out``)."""
-        d = read_json(path, "parsed dataset")
-        if not isinstance(d, dict) or "images" not in d:
-            raise DataError(f"{path} is not a parsed dataset (run `rcnn parse` first)")
+        """Read a file written by :meth:`save` (``rcnn parse --out``).
+
+        Raises:
+            DataError: naming the file, when it is missing, unreadable, not JSON or its records are malformed
+                (wrong types, boxes that are not 4 finite ordered numbers, reserved or unknown class names).
+        """
+        name = display_path(path)
         try:
-            images = [
-                Annotation(**{**a, "objects": [Object(**o) for o in a.get("objects", [])]}) for a in d["images"]
-            ]
-            problems = [Problem(**p) for p in d.get("problems", [])]
-        except TypeError as e:
-            raise DataError(f"{path} has malformed records: {e}") from None
-        classes = d.get("classes") or sorted({o.label for a in images for o in a.objects})
-        return cls(images=images, classes=classes, problems=problems, root=d.get("root", ""))
+            raw = _read_regular(path)
+        except FileNotFoundError:
+            raise DataError(f"parsed dataset not found: {name}") from None
+        except OSError as e:
+            raise DataError(f"cannot read parsed dataset {name}: {_reason(e)}") from None
+        try:
+            d = json.loads(raw.decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise DataError(f"parsed dataset {name} is not valid JSON: {_one_line(e)}") from None
+        if not isinstance(d, dict) or "images" not in d:
+            raise DataError(f"{name} is not a parsed dataset (run `rcnn parse` first)")
+        return _dataset_from_json(d, name)
+
+
+def _dataset_from_json(d: dict[str, Any], name: str) -> Dataset:
+    """Check every field of a parsed-dataset JSON object and build the :class:`Dataset`."""
+
+    def malformed(where: str, what: str, value: Any = None, show: bool = True) -> DataError:
+        got = f", got {_quote(value)}" if show else ""
+        return DataError(f"{name} has malformed records: {where} {what}{got} (re-run `rcnn parse`)")
+
+    def text(where: str, value: Any, empty_ok: bool = False) -> str:
+        if not isinstance(value, str) or not _is_utf8(value) or (not empty_ok and not value):
+            raise malformed(where, "must be a non-empty string" if not empty_ok else "must be a string", value)
+        return value
+
+    def count(where: str, value: Any) -> int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise malformed(where, "must be a positive integer", value)
+        return value
+
+    def flag(where: str, value: Any) -> bool:
+        if value in (0, 1) and isinstance(value, (bool, int)):
+            return bool(value)
+        raise malformed(where, "must be true or false", value)
+
+    def record(where: str, value: Any, known: set[str], required: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise malformed(where, "must be an object", value)
+        for key in value:
+            if key not in known:
+                raise malformed(where, f"has an unknown field {_quote(key)}", show=False)
+        for key in required:
+            if key not in value:
+                raise malformed(where, f"has no {key!r}", show=False)
+        return value
+
+    ann_fields = {f.name for f in fields(Annotation)}
+    obj_fields = {f.name for f in fields(Object)}
+    if not isinstance(d["images"], list):
+        raise malformed("'images'", "must be a list", d["images"])
+    images: list[Annotation] = []
+    seen: set[str] = set()
+    for i, a in enumerate(d["images"]):
+        where = f"images[{i}]"
+        a = record(where, a, ann_fields, ("id", "path", "width", "height", "split"))
+        image_id = text(f"{where}.id", a["id"])
+        if image_id in seen:
+            raise malformed(f"{where}.id", "is a duplicate image id", image_id)
+        seen.add(image_id)
+        split = a["split"]
+        if split not in SPLITS:
+            raise malformed(f"{where}.split", f"must be one of {', '.join(SPLITS)}", split)
+        raw_objects = a.get("objects", [])
+        if not isinstance(raw_objects, list):
+            raise malformed(f"{where}.objects", "must be a list", raw_objects)
+        objects = []
+        for k, o in enumerate(raw_objects):
+            owhere = f"{where}.objects[{k}]"
+            o = record(owhere, o, obj_fields, ("label", "box"))
+            box = o["box"]
+            if (
+                not isinstance(box, list)
+                or len(box) != 4
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in box)
+            ):
+                raise malformed(f"{owhere}.box", "must be 4 finite numbers [x1, y1, x2, y2]", box)
+            if not (box[0] < box[2] and box[1] < box[3]):
+                raise malformed(f"{owhere}.box", "must have x1 < x2 and y1 < y2", box)
+            objects.append(Object(
+                label=text(f"{owhere}.label", o["label"]),
+                box=[float(v) for v in box],
+                difficult=flag(f"{owhere}.difficult", o.get("difficult", False)),
+                truncated=flag(f"{owhere}.truncated", o.get("truncated", False)),
+            ))
+        images.append(Annotation(
+            id=image_id,
+            path=text(f"{where}.path", a["path"]),
+            width=count(f"{where}.width", a["width"]),
+            height=count(f"{where}.height", a["height"]),
+            split=split,
+            objects=objects,
+            annotation=text(f"{where}.annotation", a.get("annotation", ""), empty_ok=True),
+        ))
+
+    labels = {o.label for a in images for o in a.objects}
+    classes = d.get("classes")
+    if classes is None or classes == []:
+        classes = sorted(labels)
+    elif not isinstance(classes, list):
+        raise malformed("'classes'", "must be a list of class names", classes)
+    for k, c in enumerate(classes):
+        text(f"classes[{k}]", c)
+        if is_reserved_class(c):
+            raise malformed(f"classes[{k}]", "is reserved for the implicit background class", c)
+    if len(set(classes)) != len(classes):
+        raise malformed("'classes'", "has duplicate names", classes)
+    missing = sorted(labels - set(classes))
+    if missing:
+        raise malformed("'classes'", f"lacks the object label {missing[0]!r}", classes)
+
+    raw_problems = d.get("problems", [])
+    if not isinstance(raw_problems, list):
+        raise malformed("'problems'", "must be a list", raw_problems)
+    problems = []
+    for k, pr in enumerate(raw_problems):
+        pr = record(f"problems[{k}]", pr, {f.name for f in fields(Problem)}, ("file", "message"))
+        problems.append(Problem(
+            file=text(f"problems[{k}].file", pr["file"], empty_ok=True),
+            message=text(f"problems[{k}].message", pr["message"], empty_ok=True),
+            level=text(f"problems[{k}].level", pr.get("level", "warning")),
+        ))
+    root = text("'root'", d.get("root", ""), empty_ok=True)
+    return Dataset(images=images, classes=list(classes), problems=problems, root=root)
 
 
 # --------------------------------------------------------------------------- layout
@@ -141,33 +396,47 @@ def find_layout(root: str | Path) -> tuple[Path, Path]:
     Accepts ``Annotations/`` + ``JPEGImages/`` (VOC) or ``annotations/`` + ``images/``.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"dataset folder not found: {root}")
+    if not _is_dir(root):
+        raise DataError(f"dataset folder not found: {display_path(root)}")
     for ann, img in (("Annotations", "JPEGImages"), ("annotations", "images")):
-        if (root / ann).is_dir() and (root / img).is_dir():
+        if _is_dir(root / ann) and _is_dir(root / img):
             return root / ann, root / img
     raise DataError(
-        f"{root} has no VOC layout: expected Annotations/ + JPEGImages/ or annotations/ + images/ "
+        f"{display_path(root)} has no VOC layout: expected Annotations/ + JPEGImages/ or annotations/ + images/ "
         "(or pass --annotations DIR --images DIR)"
     )
 
 
+def _read_split_file(path: Path) -> list[str] | None:
+    """The image ids listed in one ImageSets split file; None when there is no such file."""
+    name = display_path(path)
+    try:
+        data = _read_regular(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise DataError(f"cannot read split file {name}: {_reason(e)}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name} is not UTF-8 text: {e}") from None
+    return [line.split()[0] for line in text.split("\n") if line.strip()]
+
+
 def read_split_files(root: Path) -> dict[str, str] | None:
-    """Map image id -> "train"/"test" from ``ImageSets/Main/*.txt``; None when there are none."""
-    main = root / "ImageSets" / "Main"
-    test = main / "test.txt"
-    trains = [main / f for f in ("train.txt", "trainval.txt", "val.txt") if (main / f).is_file()]
-    if not test.is_file() and not trains:
+    """Map image id -> "train"/"test" from ``ImageSets/Main/*.txt``; None when there are none.
+
+    Raises:
+        DataError: a split file exists but is not a readable UTF-8 text file.
+    """
+    main = Path(root) / "ImageSets" / "Main"
+    found = {f: _read_split_file(main / f) for f in ("train.txt", "trainval.txt", "val.txt", "test.txt")}
+    if all(v is None for v in found.values()):
         return None
     ids: dict[str, str] = {}
-    for f in trains:
-        for line in f.read_text().split("\n"):
-            if line.strip():
-                ids[line.split()[0]] = "train"
-    if test.is_file():
-        for line in test.read_text().split("\n"):
-            if line.strip():
-                ids[line.split()[0]] = "test"
+    for f, listed in found.items():
+        for image_id in listed or []:
+            ids[image_id] = "test" if f == "test.txt" else "train"
     return ids
 
 
@@ -199,24 +468,31 @@ def _text(node: etree._Element | None, tag: str) -> str | None:
     return child.text.strip()
 
 
-def _number(node: etree._Element | None, tag: str) -> float | None:
-    value = _text(node, tag)
-    if value is None or value == "":
+def _float(text: str | None) -> float | None:
+    """``text`` as a finite float; None when it is missing, not a number, infinite or NaN."""
+    if not text:
         return None
     try:
-        return float(value)
+        value = float(text)
     except ValueError:
         return None
+    return value if math.isfinite(value) else None
 
 
-def _flag(node: etree._Element, tag: str) -> bool:
-    value = _number(node, tag)
-    return bool(value) if value is not None else False
+def _flag(node: etree._Element, tag: str, where: str, name: str, problems: list[Problem]) -> bool:
+    raw = _text(node, tag)
+    if not raw:
+        return False
+    value = _float(raw)
+    if value is None:
+        problems.append(Problem(name, f"{where} has an invalid <{tag}> {_quote(raw)} (expected 0 or 1); treated as 0"))
+        return False
+    return value != 0
 
 
 def _check_image(path: Path) -> tuple[int, int]:
     """Decode the image (cheaply, at reduced scale for JPEG) to prove it is readable; return (w, h)."""
-    with Image.open(path) as im:
+    with _open_regular(path) as f, Image.open(f) as im:
         size = im.size
         if size[0] * size[1] > io.MAX_IMAGE_PIXELS:
             raise DataError(f"image is {size[0]}x{size[1]}, larger than {io.MAX_IMAGE_PIXELS} pixels")
@@ -226,18 +502,29 @@ def _check_image(path: Path) -> tuple[int, int]:
     return size
 
 
-def _resolve_image(xml_path: Path, filename: str | None, images_dir: Path, problems: list[Problem]) -> Path | None:
-    if filename:
-        candidate = images_dir / Path(filename).name
-        if candidate.is_file():
-            return candidate
-    for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
-        candidate = images_dir / (xml_path.stem + ext)
-        if candidate.is_file():
-            if filename:
-                problems.append(Problem(str(xml_path), f"<filename> '{filename}' not found; using {candidate.name}"))
-            return candidate
-    return None
+def _resolve_image(
+    xml_path: Path, filename: str | None, images_dir: Path, problems: list[Problem]
+) -> tuple[Path | None, str]:
+    """Find the image of an annotation: ``<filename>``, else the XML's stem with an image extension.
+
+    Returns:
+        (the image, "") or (None, why none was found). Paths that are not regular files are never used.
+    """
+    candidates = []
+    if filename and Path(filename).name not in ("", ".", ".."):
+        candidates.append(images_dir / Path(filename).name)
+    candidates += [images_dir / (xml_path.stem + ext) for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS)]
+    unusable = ""
+    for candidate in candidates:
+        kind = _file_kind(candidate)
+        if kind == "file":
+            if filename and candidate.name != Path(filename).name:
+                problems.append(Problem(display_path(xml_path), f"<filename> {filename!r} not found; using {display_path(candidate.name)}"))
+            return candidate, ""
+        if kind is not None and not unusable:
+            unreadable = kind.startswith(("unreadable", "unusable"))
+            unusable = f"image {display_path(candidate)} is {kind}" + ("" if unreadable else ", not a regular file")
+    return None, unusable or f"image not found in {display_path(images_dir)} (<filename> is {filename!r})"
 
 
 def parse_annotation(
@@ -245,60 +532,86 @@ def parse_annotation(
 ) -> tuple[Annotation | None, list[Problem]]:
     """Parse one VOC XML file into an :class:`Annotation` (split left empty).
 
+    Every problem is reported, never raised: a file that is not a regular file (a FIFO, a folder) is
+    skipped with a warning without being opened; an unreadable, malformed or undecodably named file, or
+    one whose image is missing or unreadable, is skipped with an error; bad values inside are warnings.
+
     Returns:
         (annotation or None when the file must be skipped, problems found in it).
     """
     xml_path, images_dir = Path(xml_path), Path(images_dir)
     problems: list[Problem] = []
-    name = str(xml_path)
+    name = display_path(xml_path)
 
     def fail(msg: str) -> tuple[None, list[Problem]]:
         problems.append(Problem(name, msg, "error"))
         return None, problems
 
+    if not _is_utf8(str(xml_path)):
+        return fail("the file name is not valid UTF-8; rename it (skipped)")
     try:
-        tree = etree.parse(str(xml_path), _safe_parser())
-    except etree.XMLSyntaxError as e:
-        return fail(f"broken XML: {e.msg if hasattr(e, 'msg') else e}")
+        data = _read_regular(xml_path, MAX_XML_BYTES)
+    except NotRegularFileError as e:
+        problems.append(Problem(name, f"{e.kind}, not a regular file; skipped"))
+        return None, problems
     except OSError as e:
-        return fail(f"cannot read: {e}")
+        return fail(f"cannot read: {_reason(e)}")
+    try:
+        tree = etree.parse(BytesIO(data), _safe_parser())
+    except etree.LxmlError as e:
+        return fail(f"broken XML: {_one_line(e.msg if hasattr(e, 'msg') else e)}")
     if tree.docinfo.internalDTD is not None and len(list(tree.docinfo.internalDTD.iterentities())) > 0:
         return fail("XML declares entities, which are refused in annotations (possible entity attack)")
     root = tree.getroot()
     if root.tag != "annotation":
-        return fail(f"root element is <{root.tag}>, not <annotation>")
+        return fail(f"root element is <{_one_line(root.tag, 60)}>, not <annotation>")
 
     filename = _text(root, "filename")
-    image_path = _resolve_image(xml_path, filename, images_dir, problems)
+    image_path, why = _resolve_image(xml_path, filename, images_dir, problems)
     if image_path is None:
-        return fail(f"image not found in {images_dir} (<filename> is {filename!r})")
+        return fail(why)
     try:
         width, height = _check_image(image_path)
+    except UnidentifiedImageError:
+        return fail(f"corrupt or unreadable image {display_path(image_path.name)}: not a recognised image file")
     except (OSError, SyntaxError, ValueError, DataError, Image.DecompressionBombError) as e:
-        return fail(f"corrupt or unreadable image {image_path.name}: {e}")
+        reason = _reason(e) if isinstance(e, OSError) and e.strerror else _one_line(e)
+        return fail(f"corrupt or unreadable image {display_path(image_path.name)}: {reason}")
 
     size = root.find("size")
-    xml_w, xml_h = _number(size, "width"), _number(size, "height")
-    if size is None or not xml_w or not xml_h:
+    raw_size = {t: _text(size, t) for t in ("width", "height")}
+    if size is None or not raw_size["width"] or not raw_size["height"]:
         problems.append(Problem(name, "missing <size>; read it from the image"))
-    elif (int(xml_w), int(xml_h)) != (width, height):
-        problems.append(Problem(name, f"<size> {int(xml_w)}x{int(xml_h)} differs from the image's {width}x{height}; using the image's"))
+    else:
+        xml_size = {t: _float(v) for t, v in raw_size.items()}
+        bad = [f"<{t}> {_quote(raw_size[t])}" for t, v in xml_size.items() if v is None or not 0 < v <= io.MAX_IMAGE_PIXELS]
+        if bad:
+            problems.append(Problem(name, f"<size> has an invalid {' and '.join(bad)} (not a positive finite number); "
+                                          f"using the image's {width}x{height}"))
+        elif (int(xml_size["width"]), int(xml_size["height"])) != (width, height):
+            problems.append(Problem(name, f"<size> {int(xml_size['width'])}x{int(xml_size['height'])} differs from the image's {width}x{height}; using the image's"))
 
     objects: list[Object] = []
     for k, obj in enumerate(root.iter("object")):
         label = _text(obj, "name")
-        where = f"object {k} ({label or 'unnamed'})"
+        where = f"object {k} ({_one_line(label, 60) if label else 'unnamed'})"
         if not label:
             problems.append(Problem(name, f"{where} has no <name>; skipped"))
             continue
         if classes is not None and label not in classes:
             continue
         bb = obj.find("bndbox")
-        coords = [_number(bb, t) for t in ("xmin", "ymin", "xmax", "ymax")]
-        if bb is None or any(c is None or not np.isfinite(c) for c in coords):
-            problems.append(Problem(name, f"{where} has a missing or non-numeric <bndbox>; skipped"))
+        if bb is None:
+            problems.append(Problem(name, f"{where} has no <bndbox>; skipped"))
             continue
-        xmin, ymin, xmax, ymax = coords  # type narrowing: all floats here
+        raw = {t: _text(bb, t) for t in ("xmin", "ymin", "xmax", "ymax")}
+        values = {t: _float(v) for t, v in raw.items()}
+        bad = [f"<{t}> {_quote(raw[t])}" for t, v in values.items() if v is None]
+        if bad:
+            problems.append(Problem(name, f"{where} has a missing, non-numeric or non-finite <bndbox> value: {', '.join(bad)}; skipped"))
+            continue
+        coords = [values[t] for t in ("xmin", "ymin", "xmax", "ymax")]
+        xmin, ymin, xmax, ymax = coords
         x1, y1, x2, y2 = xmin - 1.0, ymin - 1.0, xmax, ymax  # 1-based inclusive -> pixel edges
         outside = x1 < -CLIP_TOLERANCE or y1 < -CLIP_TOLERANCE or x2 > width + CLIP_TOLERANCE or y2 > height + CLIP_TOLERANCE
         x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
@@ -308,17 +621,20 @@ def parse_annotation(
             continue
         if outside:
             problems.append(Problem(name, f"{where} box {coords} lies outside the {width}x{height} image; clipped"))
-        objects.append(Object(label, [x1, y1, x2, y2], _flag(obj, "difficult"), _flag(obj, "truncated")))
+        objects.append(Object(label, [x1, y1, x2, y2], _flag(obj, "difficult", where, name, problems),
+                              _flag(obj, "truncated", where, name, problems)))
 
     ann = Annotation(
         id=xml_path.stem,
-        path=str(image_path.resolve()),
+        path=_resolve(image_path),
         width=int(width),
         height=int(height),
         split="",
         objects=objects,
-        annotation=str(xml_path.resolve()),
+        annotation=_resolve(xml_path),
     )
+    if not (_is_utf8(ann.path) and _is_utf8(ann.annotation)):
+        return fail(f"the path of the file or of its image ({display_path(ann.path)}) is not valid UTF-8; rename it (skipped)")
     return ann, problems
 
 
@@ -344,6 +660,11 @@ def parse_dataset(
 
     Returns:
         The :class:`Dataset`, images sorted by id.
+
+    Raises:
+        DataError: a folder or split file is missing or unreadable, or a kept object uses a class name of
+            :data:`RESERVED_CLASSES`. Problems of single files are reported in ``Dataset.problems``.
+        ValueError: ``classes`` is empty or names a reserved class.
     """
     from tqdm import tqdm
 
@@ -355,28 +676,47 @@ def parse_dataset(
         images_dir = images_dir or found_img
     annotations_dir, images_dir = Path(annotations_dir), Path(images_dir)
     for d in (annotations_dir, images_dir):
-        if not d.is_dir():
-            raise DataError(f"folder not found: {d}")
+        if not _is_dir(d):
+            raise DataError(f"folder not found: {display_path(d)}")
+        try:
+            with os.scandir(d):
+                pass
+            resolved = _resolve(d)
+        except OSError as e:
+            raise DataError(f"cannot read folder {display_path(d)}: {_reason(e)}") from None
+        if not _is_utf8(resolved):
+            raise DataError(f"the path of folder {display_path(resolved)} is not valid UTF-8; rename it")
     if classes is not None:
         classes = [c.strip() for c in classes if c.strip()]
         if not classes:
             raise ValueError("'classes' is empty; give at least one class name")
+        for c in classes:
+            if is_reserved_class(c):
+                raise ValueError(f"'classes' names {c!r}, which is reserved for the implicit background class")
     split_root = Path(root) if root is not None else annotations_dir.parent
+    split_root_text = _resolve(split_root)
+    if not _is_utf8(split_root_text):
+        raise DataError(f"the path of folder {display_path(split_root_text)} is not valid UTF-8; rename it")
+    split_ids = read_split_files(split_root)  # before the long parse: a bad split file fails fast
 
-    xml_files = sorted(annotations_dir.glob("*.xml"))
+    try:
+        with os.scandir(annotations_dir) as entries:
+            xml_files = sorted(annotations_dir / e.name for e in entries if e.name.endswith(".xml"))
+    except OSError as e:
+        raise DataError(f"cannot read annotations folder {display_path(annotations_dir)}: {_reason(e)}") from None
     if not xml_files:
-        raise DataError(f"no .xml annotation files in {annotations_dir}")
+        raise DataError(f"no .xml annotation files in {display_path(annotations_dir)}")
     images: list[Annotation] = []
     problems: list[Problem] = []
     for xml in tqdm(xml_files, desc="parse", unit="file", disable=None if progress else True, leave=False):
         ann, probs = parse_annotation(xml, images_dir, classes)
         problems += probs
         if strict and any(p.level == "error" for p in probs):
-            raise DataError(str(next(p for p in probs if p.level == "error")))
+            first = next(p for p in probs if p.level == "error")
+            raise DataError(f"{first.file}: {first.message}")
         if ann is not None:
             images.append(ann)
 
-    split_ids = read_split_files(split_root)
     if split_ids is None:
         split_ids = random_split([a.id for a in images], test_fraction, seed)
     kept = []
@@ -386,13 +726,20 @@ def parse_dataset(
             kept.append(a)
         else:
             problems.append(Problem(a.annotation, "not listed in any ImageSets/Main split file; left out"))
+    for a in kept:
+        for o in a.objects:
+            if is_reserved_class(o.label):
+                raise DataError(
+                    f"class name {o.label!r} in {display_path(a.annotation)} is reserved for the implicit background "
+                    "class; rename it in the annotations, or keep only the other classes with --classes"
+                )
     found_classes = sorted({o.label for a in kept for o in a.objects})
     out_classes = [c for c in classes if c in found_classes] if classes is not None else found_classes
     if classes is not None:
         for c in classes:
             if c not in found_classes:
-                problems.append(Problem(str(annotations_dir), f"class '{c}' asked for but not found in any file"))
-    return Dataset(images=kept, classes=out_classes, problems=problems, root=str(split_root.resolve()))
+                problems.append(Problem(display_path(annotations_dir), f"class '{c}' asked for but not found in any file"))
+    return Dataset(images=kept, classes=out_classes, problems=problems, root=split_root_text)
 
 
 def format_summary(ds: Dataset) -> str:
