@@ -8,6 +8,7 @@ invalid option values become a usage error and exit 2. No tracebacks.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import click
 
 from . import __version__
 from .errors import RcnnError
+from .io import check_output_file, output_dir, print_err as warn
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -30,14 +32,30 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except RcnnError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(one_line(str(e))) from None
         except ValueError as e:
-            raise click.UsageError(str(e)) from None
-        except KeyboardInterrupt:
+            raise click.UsageError(one_line(str(e))) from None
+        except OSError as e:  # permissions, a full disk, a path that is a folder, ...
+            where = f"{e.filename}: " if e.filename else ""
+            raise click.ClickException(one_line(f"{where}{e.strerror or e}")) from None
+        except (KeyboardInterrupt, EOFError):
             click.echo("interrupted; finished outputs are kept and a re-run resumes", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as e:  # a bug, not bad input: still one line, the traceback with RCNN_DEBUG=1
+            if os.environ.get("RCNN_DEBUG"):
+                raise
+            raise click.ClickException(one_line(f"unexpected error ({type(e).__name__}: {e}); "
+                                                "re-run with RCNN_DEBUG=1 for the traceback and please report it")) from None
 
     return wrapper
+
+
+def one_line(message: str) -> str:
+    """The first line of ``message`` (library messages can embed multi-line library text)."""
+    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else message
 
 
 def split_csv(value: str | None) -> list[str] | None:
@@ -73,14 +91,17 @@ def parse(data: Path | None, out: Path, annotations: Path | None, images: Path |
 
     if data is None and (annotations is None or images is None):
         raise click.UsageError("give DATA, or both --annotations and --images")
+    check_output_file(out)
     ds = parse_dataset(data, annotations_dir=annotations, images_dir=images, classes=split_csv(classes),
                        test_fraction=test_fraction, seed=seed, strict=strict, progress=True)
     for p in ds.problems:
         if p.level == "error" or not quiet:
             click.echo(str(p), err=True)
     if not ds.images:
-        raise click.ClickException("no usable images were found")
-    ds.save(out)
+        first = next((p for p in ds.problems if p.level == "error"), None)
+        raise click.ClickException(f"no usable images in {data or annotations}"
+                                   + (f" (first problem: {first.file}: {first.message})" if first else ""))
+    ds.save(check_output_file(out, tuple(a.annotation for a in ds.images) + tuple(a.path for a in ds.images)))
     click.echo(format_summary(ds))
     click.echo(f"records saved to {out}")
 
@@ -142,7 +163,7 @@ def propose(parsed: Path, out: Path, split: str, mode: str | None, max_side: int
     from .propose import format_report, propose_dataset
 
     config = propose_config(mode=mode, max_side=max_side, max_proposals=max_proposals, min_size=min_size, seed=seed)
-    report = propose_dataset(Dataset.load(parsed), out, config, split=split, workers=workers)
+    report = propose_dataset(Dataset.load(parsed), out, config, split=split, workers=workers, echo=click.echo, warn=warn)
     click.echo(format_report(report))
     click.echo(f"proposals saved to {out}")
 
@@ -173,7 +194,7 @@ def crop(parsed: Path, proposals: Path, out: Path, split: str, pos_iou: float, n
 
     config = CropConfig(pos_iou=pos_iou, neg_iou=neg_iou, neg_per_image=neg_per_image, size=size, context=context,
                         codec=codec, include_gt=not no_gt, seed=seed)
-    report = crop_dataset(Dataset.load(parsed), proposals, out, config, split=split, imagefolder=fmt == "imagefolder")
+    report = crop_dataset(Dataset.load(parsed), proposals, out, config, split=split, imagefolder=fmt == "imagefolder", warn=warn)
     click.echo(format_report(report))
     click.echo(f"region set saved to {out}")
 
@@ -195,7 +216,7 @@ def crop(parsed: Path, proposals: Path, out: Path, split: str, pos_iou: float, n
 @click.option("--class-weights", default="auto", help="auto (inverse frequency from the crop metadata), none, or one number per class: w_background,w_1,...")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, help="Share of images held out for validation.")
 @click.option("--hflip", is_flag=True, help="Horizontal-flip augmentation (cached too when the backbone is frozen).")
-@click.option("--input-size", type=click.IntRange(0), default=0, help="Network input side in pixels; 0 = the crop size.")
+@click.option("--input-size", type=click.IntRange(0, 1024), default=0, help="Network input side in pixels; 0 = the crop size.")
 @click.option("--seed", type=int, default=0, help="Random seed (split, batches, initialisation).")
 @click.option("--device", default="auto", help="auto (GPU when there is one), cpu or cuda.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/checkpoint.pt.")
@@ -235,12 +256,13 @@ def detect_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def make_detect_config(model: Any, threshold: float, nms_iou: float, vote_iou: float, no_box_regression: bool,
-                       max_detections: int, detect_proposals: int, batch_size: int, **propose: Any) -> Any:
+                       max_detections: int, detect_proposals: int, batch_size: int, draw_threshold: float = 0.5,
+                       **propose: Any) -> Any:
     from .detect import DetectConfig, model_propose_config
 
     return DetectConfig(threshold=threshold, nms_iou=nms_iou, vote_iou=vote_iou, box_regression=not no_box_regression,
                         max_detections=max_detections, max_proposals=detect_proposals, batch_size=batch_size,
-                        propose=propose_config(model_propose_config(model), **propose))
+                        draw_threshold=draw_threshold, propose=propose_config(model_propose_config(model), **propose))
 
 
 @main.command("detect")
@@ -265,11 +287,11 @@ def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name:
 
     model = load_model(model_dir, device)
     config = make_detect_config(model, threshold, nms_iou, vote_iou, no_box_regression, max_detections, detect_proposals,
-                                batch_size, mode=mode,
+                                batch_size, draw_threshold, mode=mode,
                                 max_side=max_side, max_proposals=max_proposals, min_size=min_size)
-    config.draw_threshold = draw_threshold
     run = out or next_run_dir("runs/detect", name)
-    detect(model, list(inputs), run, config, save_images=not no_images, save_xml=save_xml, proposals=proposals, echo=click.echo)
+    detect(model, list(inputs), run, config, save_images=not no_images, save_xml=save_xml, proposals=proposals,
+           echo=click.echo, warn=warn)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -287,21 +309,20 @@ def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, t
     """Score DETECTIONS (detections.json, or a model folder to run) against the annotations in PARSED."""
     import json
 
-    from .detect import detect
-    from .evaluate import evaluate, format_report, load_detections, save_report
-    from .model import load_model
+    from .evaluate import evaluate, evaluate_model, format_report, load_detections, save_report
     from .parse import Dataset
 
     dataset = Dataset.load(parsed)
-    if detections.is_dir():  # a model folder: detect on the split first
-        model = load_model(detections, device)
-        config = make_detect_config(model, threshold, nms_iou, vote_iou, no_box_regression, max_detections, detect_proposals,
-                                    batch_size)
-        run = (out.parent if out else detections / "eval")
-        detect(model, [a.path for a in dataset.split(split)], run, config, echo=click.echo)
-        detections = run / "detections.json"
-    out = out or detections.parent / "evaluation.json"
-    report = evaluate(load_detections(detections), dataset, split, plot=out.with_suffix(".pr.png"))
+    if out is not None:
+        check_output_file(out, (detections, parsed))
+    if detections.is_dir():  # a model folder: detect on the split first, into a folder of its own
+        run = out.with_name(out.stem + "_detect") if out else detections / "eval"
+        detections = evaluate_model(detections, dataset, split, run, device, threshold=threshold, nms_iou=nms_iou,
+                                    vote_iou=vote_iou, box_regression=not no_box_regression, max_detections=max_detections,
+                                    max_proposals=detect_proposals, batch_size=batch_size, echo=click.echo, warn=warn)
+    out = check_output_file(out or detections.parent / "evaluation.json", (detections, parsed))
+    plot = check_output_file(out.with_suffix(".pr.png"), (detections, parsed), "the precision-recall plot")
+    report = evaluate(load_detections(detections), dataset, split, plot=plot)
     save_report(report, out)
     click.echo(format_report(report))
     click.echo(json.dumps({"map50": report["map50"], "map50_95": report["map50_95"]}))
@@ -363,6 +384,7 @@ def demo_cmd(out: Path, n_images: int) -> None:
     from .synth import make_dataset
     from .train import TrainConfig
 
+    output_dir(out, "pipeline")  # claim the folder before writing the dataset into it
     data = out / "data"
     if not (data / "Annotations").is_dir():
         make_dataset(data, images=n_images, seed=0)

@@ -10,11 +10,10 @@ names, counts and inverse-frequency class weights that ``rcnn train`` uses.
 
 from __future__ import annotations
 
-import csv
-import io as _io
-import shutil
 import time
+import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,14 @@ from torchvision.ops import roi_align
 
 from .boxes import box_iou, clip_boxes, encode, expand_for_context
 from .errors import DataError
-from .io import atomic_path, load_rgb, read_json, write_json, write_text
+from .io import digest, file_digest, load_rgb, output_dir, print_err, write_atomic, write_csv, write_json
 from .parse import Annotation, Dataset
 from .propose import ProposalSet
 
 BACKGROUND = "background"
+# Regions are warped from a copy whose long side is at most this: crops are a few hundred pixels,
+# and it caps the float copy of a huge image at 4096 * 4096 * 12 bytes (201 MB).
+MAX_WARP_SIDE = 4096
 CODECS = ("jpeg", "png")
 IGNORE = -1
 
@@ -96,7 +98,8 @@ def warp_regions(image: np.ndarray, boxes: np.ndarray, size: int, context: int, 
     """Warp each box (grown by ``context``, clipped to the image) to ``size`` x ``size``.
 
     Uses :func:`torchvision.ops.roi_align` with adaptive sampling, so large boxes are
-    area-averaged rather than aliased. The same function prepares crops at test time.
+    area-averaged rather than aliased. Images larger than :data:`MAX_WARP_SIDE` are
+    area-downscaled first, which bounds memory and changes crops by rounding only. The same function prepares crops at test time.
 
     Args:
         image (ndarray[H, W, 3] uint8): RGB.
@@ -108,8 +111,13 @@ def warp_regions(image: np.ndarray, boxes: np.ndarray, size: int, context: int, 
     if len(boxes) == 0:
         return np.zeros((0, size, size, 3), np.uint8)
     h, w = image.shape[:2]
+    scale = min(1.0, MAX_WARP_SIDE / max(h, w))
+    if scale < 1.0:  # bound memory: the float copy below would be 12 bytes a pixel of a huge image
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        boxes = np.asarray(boxes, np.float32) * np.float32(scale)
     grown = clip_boxes(expand_for_context(boxes, size, context), w, h)
-    img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    img = torch.from_numpy(image).permute(2, 0, 1)[None].float()  # once per image, not per chunk
     out = np.empty((len(boxes), size, size, 3), np.uint8)
     for s in range(0, len(boxes), chunk):
         b = torch.from_numpy(grown[s : s + chunk])
@@ -190,9 +198,10 @@ def crop_image(ann: Annotation, proposals: np.ndarray, classes: list[str], confi
 
 
 def _write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp:
+    def writer(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+    write_atomic(path, writer)
 
 
 def load_shard(path: str | Path) -> dict[str, np.ndarray]:
@@ -200,8 +209,25 @@ def load_shard(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, zlib.error) as e:
+    except FileNotFoundError:
+        raise DataError(f"crop shard {path} is missing (re-run `rcnn crop`)") from None
+    except (OSError, ValueError, EOFError, KeyError, zlib.error, zipfile.BadZipFile) as e:
         raise DataError(f"crop shard {path} is corrupt: {e}") from None
+
+
+def _shard_key(ann: Annotation, image_sha: str, pset: ProposalSet, classes: list[str], config: CropConfig) -> str:
+    """Everything a shard is computed from: the annotation, the image bytes, the proposals and the settings."""
+    record = {"path": ann.path, "width": ann.width, "height": ann.height, "objects": [asdict(o) for o in ann.objects]}
+    return digest("rcnn-crops-v2", record, image_sha, pset.digest(ann.id), asdict(config), classes)
+
+
+def _stored_key(path: Path) -> str | None:
+    """The key a shard was written with (read alone, without the crops), or None."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return str(z["key"]) if "key" in z.files else None
+    except (OSError, ValueError, EOFError, KeyError, zlib.error, zipfile.BadZipFile):
+        return None
 
 
 def crop_dataset(
@@ -212,16 +238,22 @@ def crop_dataset(
     split: str = "train",
     imagefolder: bool = False,
     progress: bool = True,
+    warn: Callable[[str], Any] = print_err,
 ) -> dict[str, Any]:
     """Build the region training set of ``split`` into ``out``; resumable.
 
+    A shard is reused only when its key (annotation, image bytes, proposals, settings and
+    class list) is unchanged; an image that cannot be read is reported through ``warn`` and left out.
+
     Returns:
         The report (also ``out/report.json``): kept regions per class, class weights, sizes, seconds.
+
+    Raises:
+        DataError: ``out`` holds files rcnn did not write, proposals are missing, or no image could be used.
     """
     from tqdm import tqdm
 
     config = config or CropConfig()
-    out = Path(out)
     pset = ProposalSet.load(proposals_dir)
     images = dataset.split(split)
     if not images:
@@ -229,30 +261,44 @@ def crop_dataset(
     missing = [a.id for a in images if a.id not in set(pset.ids)]
     if missing:
         raise DataError(f"{len(missing)} {split} images have no proposals in {proposals_dir} (first: {missing[0]}); run `rcnn propose --split {split}`")
+    image_sha = {a.id: file_digest(a.path) for a in images}
+    for a in images:
+        rec = pset.record(a.id)
+        if rec is None or rec.get("image_sha1") != image_sha[a.id]:
+            raise DataError(f"the proposals of '{a.id}' in {proposals_dir} were not computed from {a.path} "
+                            "(another dataset, a changed image or an older rcnn); run `rcnn propose` for this dataset")
     classes = [BACKGROUND] + list(dataset.classes)
-    settings = {"config": asdict(config), "classes": classes, "proposals": str(Path(proposals_dir).resolve())}
-    meta_path = out / "settings.json"
-    if meta_path.exists() and read_json(meta_path, "crop settings") != settings:
-        print("crop settings changed; rebuilding the region set", flush=True)
-        shutil.rmtree(out / "shards", ignore_errors=True)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    write_json(meta_path, settings)
+    out = output_dir(out, "crops")
+    (out / "shards").mkdir(exist_ok=True)
 
     start = time.perf_counter()
     reused = 0
+    used: list[Annotation] = []
+    keys: list[str] = []
+    failures: list[str] = []
     for a in tqdm(images, desc="crop", unit="img", disable=None if progress else True):
         shard = out / "shards" / f"{a.id}.npz"
-        if shard.exists():
-            reused += 1
+        try:
+            key = _shard_key(a, image_sha[a.id], pset, classes, config)
+            if _stored_key(shard) == key:
+                reused += 1
+            else:
+                _write_shard(shard, {**crop_image(a, pset.boxes(a.id), classes, config), "key": np.array(key)})
+        except DataError as e:
+            failures.append(str(e))
+            warn(f"error: {a.id}: {e}; skipped")
             continue
-        _write_shard(shard, crop_image(a, pset.boxes(a.id), classes, config))
+        used.append(a)
+        keys.append(key)
+    if not used:
+        raise DataError(f"no region could be cropped from any of the {len(images)} {split} images (first error: {failures[0]})")
 
     # assemble the index, counts and weights from the shards
     rows = []
     kept = {c: 0 for c in classes}
     ignored = unsampled = 0
     shard_bytes = 0
-    for a in images:
+    for a in used:
         path = out / "shards" / f"{a.id}.npz"
         s = load_shard(path)
         shard_bytes += path.stat().st_size
@@ -264,26 +310,24 @@ def crop_dataset(
             rows.append([a.id, k, *np.round(s["boxes"][k], 2).tolist(), label, int(s["labels"][k]),
                          round(float(s["ious"][k]), 4), *np.round(s["targets"][k], 5).tolist()])
     weights = class_weights(kept)
-    buf = _io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["image", "k", "x1", "y1", "x2", "y2", "label", "class_id", "iou", "dx", "dy", "dw", "dh"])
-    w.writerows(rows)
-    write_text(out / "index.csv", buf.getvalue())
+    write_csv(out / "index.csv", ["image", "k", "x1", "y1", "x2", "y2", "label", "class_id", "iou", "dx", "dy", "dw", "dh"], rows)
     if imagefolder:
-        _write_imagefolder(out, images, classes, config.codec)
+        _write_imagefolder(out, used, classes, config.codec)
     meta = {
         "format": "rcnn-crops-v1",
         "classes": classes,
         "counts": kept,
         "class_weights": weights,
-        "images": [a.id for a in images],
+        "images": [a.id for a in used],
         "split": split,
         "config": asdict(config),
         "propose": asdict(pset.config),
+        "content_key": digest(keys),  # changes whenever any shard does: the key of caches built on this set
     }
     write_json(out / "meta.json", meta)
     report = {
-        "images": len(images),
+        "format": "rcnn-crops-report-v1",
+        "images": len(used),
         "regions": len(rows),
         "kept": kept,
         "ignored": ignored,
@@ -292,6 +336,7 @@ def crop_dataset(
         "bytes": shard_bytes,
         "seconds": round(time.perf_counter() - start, 2),
         "reused_images": reused,
+        "failed": failures,
         "config": asdict(config),
     }
     write_json(out / "report.json", report)
@@ -301,6 +346,8 @@ def crop_dataset(
 def _write_imagefolder(out: Path, images: list[Annotation], classes: list[str], codec: str) -> None:
     ext = ".jpg" if codec == "jpeg" else ".png"
     root = out / "imagefolder"
+    for old in root.glob("*/*_[0-9][0-9][0-9][0-9][0-9].*"):  # a previous run's files (this folder is ours)
+        old.unlink()
     for c in classes:
         (root / c).mkdir(parents=True, exist_ok=True)
     for a in images:

@@ -9,10 +9,9 @@ class probabilities in batches → per-class threshold and NMS → at most
 
 from __future__ import annotations
 
-import csv
-import io as _io
-import re
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from lxml import etree
 from .boxes import batched_nms, box_iou, clip_boxes, decode, remove_small_boxes
 from .crop import warp_regions
 from .errors import DataError
-from .io import find_images, load_rgb, write_atomic, write_json, write_text
+from .io import find_images, load_rgb, new_output_dir, output_dir, print_err, same_file, write_atomic, write_csv, write_json, write_text
 from .model import LoadedModel
 from .propose import ProposalSet, ProposeConfig, selective_search
 
@@ -69,26 +68,21 @@ class ImageResult:
     detections: list[Detection] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     n_proposals: int = 0
+    name: str = ""  # output name (no extension), distinct within a run
 
 
 def model_propose_config(model: LoadedModel) -> ProposeConfig:
-    return ProposeConfig(**model.config["propose"]) if "propose" in model.config else ProposeConfig()
+    """The selective-search settings the model was trained with."""
+    return model.config.propose
 
 
 def score_regions(model: LoadedModel, image: np.ndarray, boxes: np.ndarray, batch_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``[N, C]`` and box deltas ``[N, C, 4]`` of ``boxes`` in ``image``, cropped as in training."""
-    crop = model.config.get("crop", {})
-    crop_size, context = int(crop.get("size", model.input_size)), int(crop.get("context", 0))
+    crop = model.config.crop
     # warp straight to the network's input size, keeping the training geometry (same share of context)
     size = model.input_size
-    ctx = int(round(context * size / crop_size))
-    scores = np.zeros((len(boxes), len(model.classes)), np.float32)
-    deltas = np.zeros((len(boxes), len(model.classes), 4), np.float32)
-    chunk = 128  # crops warped at a time (bounds memory)
-    for s in range(0, len(boxes), chunk):
-        crops = warp_regions(image, boxes[s : s + chunk], size, ctx)
-        scores[s : s + chunk], deltas[s : s + chunk] = model.predict(crops, batch_size)
-    return scores, deltas
+    ctx = int(round(crop.context * size / crop.size))
+    return model.predict(warp_regions(image, boxes, size, ctx), batch_size)
 
 
 def select_detections(boxes: np.ndarray, scores: np.ndarray, classes: list[str], config: DetectConfig,
@@ -148,12 +142,11 @@ def detect_image(model: LoadedModel, image: np.ndarray, config: DetectConfig, pr
 
 
 def next_run_dir(root: str | Path = "runs/detect", name: str = "predict") -> Path:
-    """Ultralytics-style auto-numbered run folder: predict, predict2, predict3, ..."""
-    root = Path(root)
-    if not (root / name).exists():
-        return root / name
-    taken = [int(m.group(1) or 1) for p in root.glob(f"{name}*") if (m := re.fullmatch(re.escape(name) + r"(\d*)", p.name))]
-    return root / f"{name}{max(taken, default=1) + 1}"
+    """Create and return a fresh Ultralytics-style run folder: predict, predict2, predict3, ...
+
+    Creation is atomic, so runs started together never share a folder.
+    """
+    return new_output_dir(root, name, "detect")
 
 
 def _palette(k: int) -> tuple[int, int, int]:
@@ -216,66 +209,91 @@ def coco_results(results: list[ImageResult], classes: list[str]) -> list[dict[st
 def write_outputs(run: Path, results: list[ImageResult], model: LoadedModel, config: DetectConfig, save_xml: bool,
                   failures: list[str]) -> None:
     write_json(run / "detections.json", coco_results(results, model.classes))
-    buf = _io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["image", "label", "score", "x1", "y1", "x2", "y2"])
-    for r in results:
-        for d in r.detections:
-            w.writerow([r.path, d.label, d.score, *d.box])
-    write_text(run / "detections.csv", buf.getvalue())
+    write_csv(run / "detections.csv", ["image", "label", "score", "x1", "y1", "x2", "y2"],
+              ([r.path, d.label, d.score, *d.box] for r in results for d in r.detections))
     if save_xml:
         for r in results:
-            write_text(run / "labels" / f"{Path(r.path).stem}.xml", voc_xml(r))
+            write_text(run / "labels" / f"{r.name}.xml", voc_xml(r))
     times = [r.seconds["total"] for r in results]
     write_json(run / "summary.json", {
+        "format": "rcnn-detect-summary-v1",
         "images": len(results),
         "detections": sum(len(r.detections) for r in results),
         "seconds_per_image": round(float(np.mean(times)), 3) if times else None,
         "failed": failures,
         "config": {**asdict(replace(config, propose=None)), "propose": asdict(config.propose or model_propose_config(model))},
-        "per_image": [{"image": r.path, "detections": len(r.detections), "proposals": r.n_proposals, "seconds": r.seconds} for r in results],
+        "per_image": [{"image": r.path, "output": r.name, "detections": len(r.detections), "proposals": r.n_proposals, "seconds": r.seconds} for r in results],
     })
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """A distinct output name (no extension) for every input image: its stem, or ``stem_2``, ``stem_3``, ...
+    when several inputs share a stem (``a/x.jpg``, ``a/x.png``, ``b/x.jpg``)."""
+    stems = {p.stem for p in paths}
+    names: list[str] = []
+    for p in paths:
+        name, k = p.stem, 1
+        while name in names or (k > 1 and name in stems):
+            k += 1
+            name = f"{p.stem}_{k}"
+        names.append(name)
+    return names
 
 
 def detect(model: LoadedModel, inputs: list[str] | list[Path], run: str | Path, config: DetectConfig | None = None,
            save_images: bool = True, save_xml: bool = False, proposals: str | Path | None = None,
-           echo: Any = print) -> list[ImageResult]:
+           echo: Callable[[str], Any] = print, warn: Callable[[str], Any] = print_err) -> list[ImageResult]:
     """Detect objects in every image of ``inputs`` (files, folders, globs) and write the run folder.
 
+    Every input gets its own outputs (``<name>.jpg``, ``labels/<name>.xml``, named by :func:`output_names`);
+    no output may be one of the inputs, and ``run`` must be new, empty or an earlier detection run.
+
     Args:
-        proposals: a proposals folder from ``rcnn propose`` to reuse instead of running selective search.
-        echo: called with one line per image and for the summary.
+        proposals: a proposals folder from ``rcnn propose`` to reuse instead of running selective search;
+            an image's proposals are found by the image's bytes, not its name.
+        echo: called with one line per image and for the summary; warn: with one line per skipped image.
+
+    Raises:
+        DataError: no input image, an output would replace an input, ``run`` is not ours, or no image could be read.
     """
     config = config or DetectConfig()
     paths = find_images([str(p) for p in inputs])
     if not paths:
         raise DataError(f"no images found in {', '.join(map(str, inputs))}")
     pset = ProposalSet.load(proposals) if proposals else None
-    run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
+    run = output_dir(run, "detect")
+    names = output_names(paths)
+    planned = [run / n for n in ("detections.json", "detections.csv", "summary.json")]
+    planned += [run / f"{n}.jpg" for n in names] if save_images else []
+    planned += [run / "labels" / f"{n}.xml" for n in names] if save_xml else []
+    for out in planned:
+        for p in paths:
+            if same_file(out, p):
+                raise DataError(f"output {out} would replace the input image {p}; choose another --out")
     results: list[ImageResult] = []
     failures: list[str] = []
     t_start = time.perf_counter()
-    for path in paths:
+    for path, name in zip(paths, names):
         try:
             image = load_rgb(path)
+            boxes = pset.find(path) if pset is not None else None
         except DataError as e:
             failures.append(str(e))
-            echo(f"error: {e}; skipped")
+            warn(f"error: {e}; skipped")
             continue
-        boxes = pset.boxes(path.stem) if pset is not None and path.stem in pset.ids else None
         dets, secs, n = detect_image(model, image, config, boxes)
-        r = ImageResult(str(path.resolve()), image.shape[1], image.shape[0], dets, secs, n)
+        r = ImageResult(str(path.resolve()), image.shape[1], image.shape[0], dets, secs, n, name)
         results.append(r)
         if save_images:
             drawn = draw_detections(image, [d for d in dets if d.score >= config.draw_threshold], model.classes)
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-            write_atomic(run / f"{path.stem}.jpg", lambda p, b=buf: p.write_bytes(b.tobytes()))
-        counts: dict[str, int] = {}
-        for d in dets:
-            counts[d.label] = counts.get(d.label, 0) + 1
-        what = ", ".join(f"{n} {c}" for c, n in counts.items()) or "no detections"
+            write_atomic(run / f"{name}.jpg", lambda p, b=buf: p.write_bytes(b.tobytes()))
+        del image
+        counts = Counter(d.label for d in dets)
+        what = ", ".join(f"{k} {c}" for c, k in counts.items()) or "no detections"
         echo(f"{path.name}: {what} ({n} proposals, {secs['total']:.2f} s)")
+    if not results:
+        raise DataError(f"none of the {len(paths)} images could be read (first error: {failures[0]})")
     write_outputs(run, results, model, config, save_xml, failures)
     total = time.perf_counter() - t_start
     n_det = sum(len(r.detections) for r in results)

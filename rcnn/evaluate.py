@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io as _io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from .boxes import box_iou
 from .errors import DataError
-from .io import atomic_path, read_json, write_json
+from .io import print_err, read_json, write_atomic, write_json
 from .parse import Annotation, Dataset
 
 METHODS = ("voc", "coco101")
@@ -158,7 +159,7 @@ def _attach_images(detections: list[dict[str, Any]], images: list[Annotation]) -
     by_stem = {Path(a.path).stem: a.id for a in images}
     out = []
     for d in detections:
-        name = d.get("file_name") or str(d.get("image_id", ""))
+        name = str(d.get("file_name") or d.get("image_id", ""))
         image = by_path.get(str(Path(name).resolve())) if name else None
         image = image or by_stem.get(Path(name).stem)
         if image is not None:
@@ -197,6 +198,7 @@ def evaluate(detections: list[dict[str, Any]], dataset: Dataset, split: str = "t
     valid = [v for v in ap50.values() if v is not None]
     coco = coco_map(dets, images, classes)
     report = {
+        "format": "rcnn-evaluation-v1",
         "map50": round(float(np.mean(valid)), 4) if valid else 0.0,
         "map50_95": coco["map50_95"],
         "ap50": ap50,
@@ -231,18 +233,71 @@ def _plot_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]], ap: dict[str, flo
     ax.legend(loc="lower left")
     ax.set_title("precision-recall at IoU 0.5")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png", metadata={"rcnn": "evaluate"}))
     plt.close(fig)
 
 
 def load_detections(path: str | Path) -> list[dict[str, Any]]:
+    """Read and validate a detections file (COCO results, as ``rcnn detect`` writes them).
+
+    Raises:
+        DataError: naming the file and the first bad record.
+    """
     data = read_json(path, "detections file")
     if isinstance(data, dict) and "detections" in data:
         data = data["detections"]
     if not isinstance(data, list):
         raise DataError(f"{path} is not a list of detections (COCO results format)")
+    for k, d in enumerate(data):
+        problem = _check_detection(d)
+        if problem:
+            raise DataError(f"{path}: detection {k} {problem}")
     return data
+
+
+def _check_detection(d: Any) -> str | None:
+    """Why one detection record is unusable, or None."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+    if not isinstance(d, dict):
+        return f"is a {type(d).__name__}, not an object"
+    bbox = d.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(number(v) for v in bbox):
+        return f"has bbox {bbox!r}; it must be 4 finite numbers [x, y, width, height]"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return f"has a negative width or height in bbox {bbox!r}"
+    if not number(d.get("score")):
+        return f"has score {d.get('score')!r}; it must be a finite number"
+    if "category" in d and not isinstance(d["category"], str):
+        return f"has category {d['category']!r}; it must be a class name"
+    if "category_id" in d and (not isinstance(d["category_id"], int) or isinstance(d["category_id"], bool)):
+        return f"has category_id {d['category_id']!r}; it must be an integer"
+    for key in ("file_name", "image_id"):
+        if key in d and not isinstance(d[key], (str, int)):
+            return f"has {key} {d[key]!r}; it must be a string or an integer"
+    return None
+
+
+def evaluate_model(model_dir: str | Path, dataset: Dataset, split: str, run: str | Path, device: str = "auto",
+                   echo: Callable[[str], Any] = print, warn: Callable[[str], Any] = print_err, **detect_settings: Any) -> Path:
+    """Run the model in ``model_dir`` on the images of ``split`` into the run folder ``run``.
+
+    Args:
+        detect_settings: :class:`rcnn.detect.DetectConfig` fields.
+
+    Returns:
+        The path of the detections file to evaluate.
+    """
+    from .detect import DetectConfig, detect
+    from .model import load_model
+
+    model = load_model(model_dir, device)
+    images = dataset.split(split)
+    if not images:
+        raise DataError(f"no images in split '{split}'")
+    detect(model, [a.path for a in images], run, DetectConfig(**detect_settings), save_images=True, echo=echo, warn=warn)
+    return Path(run) / "detections.json"
 
 
 def format_report(report: dict[str, Any]) -> str:

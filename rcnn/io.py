@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,26 +64,186 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_atomic(path, lambda p: p.write_text(text))
 
 
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """``np.save`` to ``path``, atomically."""
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    return write_atomic(path, writer)
+
+
+def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[list[Any]]) -> Path:
+    """Write a CSV file (header, then rows), atomically."""
+    def writer(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+    return write_atomic(path, writer)
+
+
+def print_err(message: str) -> None:
+    """The default sink of per-file problems: one line on standard error."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """Read JSON, raising :class:`DataError` naming the file on any problem."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise DataError(f"{what} {path} is not a regular file")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
     except FileNotFoundError:
         raise DataError(f"{what} not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{what} {path} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+        raise DataError(f"{what} {path} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """Return ``(width, height)`` of an image from its header, without decoding pixels."""
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+# --------------------------------------------------------------------------- ownership
+#
+# A command writes only into folders it owns and over files it wrote. A folder is owned
+# when it carries MARKER (written by the command that created it, naming its kind); a
+# single output file is owned when it is JSON with an "rcnn-..." format tag (or a PNG
+# with an "rcnn" text chunk). Anything else that is already there is the user's: refuse.
+
+MARKER = ".rcnn.json"
+FOLDER_FORMAT = "rcnn-folder-v1"
+
+
+def folder_kind(path: str | os.PathLike) -> str | None:
+    """The kind recorded in ``path``'s marker (``"detect"``, ``"proposals"``, ...), or None."""
+    marker = Path(path) / MARKER
     try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+        d = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(d, dict) and d.get("format") == FOLDER_FORMAT and isinstance(d.get("kind"), str):
+        return d["kind"]
+    return None
+
+
+def _mark(path: Path, kind: str) -> None:
+    write_json(path / MARKER, {"format": FOLDER_FORMAT, "kind": kind})
+
+
+def output_dir(path: str | os.PathLike, kind: str, what: str = "--out") -> Path:
+    """Create ``path`` (or take it back) as an output folder of ``kind``.
+
+    A new or empty folder is claimed; a folder marked with the same kind is reused (a re-run
+    or resume); anything else already holds someone's files and is refused.
+
+    Raises:
+        DataError: ``path`` is a file, another kind's folder, or a folder of files rcnn did not write.
+    """
+    path = Path(path)
+    _check_parents(path, what)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{what} {path} is a file, not a folder")
+    if path.is_dir():
+        found = folder_kind(path)
+        if found == kind:
+            return path
+        if found is not None:
+            raise DataError(f"{what} {path} holds rcnn {found} output, not {kind}; choose another folder")
+        if any(path.iterdir()):
+            raise DataError(f"{what} {path} already holds files that rcnn did not write; choose a new or empty folder")
+    path.mkdir(parents=True, exist_ok=True)
+    _mark(path, kind)
+    return path
+
+
+def new_output_dir(root: str | os.PathLike, name: str, kind: str) -> Path:
+    """Create a fresh, auto-numbered folder ``root/name``, ``root/name2``, ... atomically.
+
+    ``mkdir`` without ``exist_ok`` is the test-and-set: two runs started together never share a folder.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 100_000):
+        path = root / (name if k == 1 else f"{name}{k}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        _mark(path, kind)
+        return path
+    raise DataError(f"no free run folder name under {root}")  # pragma: no cover
+
+
+def is_own_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an output rcnn wrote: JSON with an ``rcnn-`` format tag, or a PNG tagged ``rcnn``."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".png":
+        try:
+            with Image.open(path) as im:
+                return "rcnn" in getattr(im, "text", {})
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+            return False
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and str(d.get("format", "")).startswith("rcnn-")
+
+
+def check_output_file(path: str | os.PathLike, inputs: tuple[str | os.PathLike, ...] = (), what: str = "--out") -> Path:
+    """Refuse to write ``path`` when it is one of ``inputs`` or an existing file rcnn did not write.
+
+    Raises:
+        DataError: naming the path.
+    """
+    path = Path(path)
+    _check_parents(path, what)
+    if path.exists() or path.is_symlink():
+        if any(same_file(path, i) for i in inputs):
+            raise DataError(f"{what} {path} is one of the inputs; choose another path")
+        if path.is_dir():
+            raise DataError(f"{what} {path} is a folder; give a file path")
+        if not is_own_file(path):
+            raise DataError(f"{what} {path} exists and was not written by rcnn; choose another path (or remove it yourself)")
+    return path
+
+
+def _check_parents(path: Path, what: str) -> None:
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(f"{what} {path}: {parent} is a file, not a folder")
+            return
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file (False when either does not exist)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-1 of a file's bytes (hex), read in chunks."""
+    h = hashlib.sha1()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    return h.hexdigest()
+
+
+def digest(*parts: Any) -> str:
+    """SHA-1 (hex) of JSON-serialisable parts: a cache key that changes when any part does."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:

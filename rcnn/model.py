@@ -1,13 +1,19 @@
 """The region classifier (backbone + small head), its preprocessing, and the model folder.
 
 A model folder holds everything ``rcnn detect`` needs: ``model.pt`` (a plain state
-dict, loaded with ``weights_only=True``) and ``config.json`` (classes, input size,
-normalisation, backbone, and the proposal/crop settings used in training).
+dict, loaded with ``weights_only=True``) and ``config.json`` (a :class:`ModelConfig`:
+classes, input size, normalisation, backbone, the proposal/crop settings used in
+training, and the digests that make the folder's replacement atomic).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import os
+import pickle
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone, build_backbone
+from .backbones import BACKBONES, Backbone, build_backbone
+from .crop import CropConfig
 from .errors import DataError
-from .io import read_json
+from .io import file_digest, read_json, write_atomic, write_json
+from .propose import ProposeConfig
 
 
 def make_head(dim: int, n_classes: int, hidden: int = 128, dropout: float = 0.2) -> nn.Sequential:
@@ -88,15 +96,27 @@ def pick_device(name: str = "auto") -> torch.device:
 
 @dataclass
 class LoadedModel:
-    """A model folder, loaded: the network in eval mode and its settings."""
+    """A model folder, loaded: the network in eval mode and its typed settings."""
 
     net: RegionClassifier
-    classes: list[str]
-    input_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    config: dict[str, Any] = field(default_factory=dict)
+    config: ModelConfig
     device: torch.device = torch.device("cpu")
+
+    @property
+    def classes(self) -> list[str]:
+        return self.config.classes
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.config.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.config.std
 
     @torch.inference_mode()
     def predict(self, crops: np.ndarray, batch_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -118,19 +138,195 @@ class LoadedModel:
         return self.predict(crops, batch_size)[0]
 
 
-def load_model(folder: str | Path, device: str = "auto") -> LoadedModel:
-    """Load a model folder written by ``rcnn train``."""
+# --------------------------------------------------------------------------- the model folder
+
+MODEL_FORMAT = "rcnn-model-v1"
+WEIGHTS = "model.pt"
+MAX_INPUT_SIZE = 1024  # network input side; larger crops only cost time and memory
+
+
+@dataclass
+class ModelConfig:
+    """Everything ``config.json`` of a model folder says, typed and validated in one place.
+
+    ``files`` is the commit record: the SHA-1 of every file the training run wrote. A folder
+    whose ``model.pt`` does not match it is half-written and is refused (see :func:`commit_model`).
+    """
+
+    classes: list[str]  # classes[0] is the implicit background
+    backbone: str  # a name registered in rcnn.backbones.BACKBONES
+    input_size: int  # network input side in pixels
+    mean: tuple[float, float, float]  # input normalisation
+    std: tuple[float, float, float]
+    hidden: int = 128  # head width
+    dropout: float = 0.2  # head dropout
+    arch: str = "rcnn"  # "rcnn": a classifier of warped region crops
+    crop: CropConfig = field(default_factory=CropConfig)  # crop geometry used in training (size, context)
+    propose: ProposeConfig = field(default_factory=ProposeConfig)  # selective search used in training
+    train: dict[str, Any] = field(default_factory=dict)  # the TrainConfig, for the record
+    files: dict[str, str] = field(default_factory=dict)  # file name -> SHA-1, written at commit
+    format: str = MODEL_FORMAT
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        from .parse import is_reserved_class
+
+        c = self.classes
+        if not isinstance(c, list) or len(c) < 2 or not all(isinstance(x, str) and x for x in c):
+            raise ValueError(f"'classes' must be a list of names, background first, then at least one class; got {c!r}")
+        if c[0] != "background" or any(is_reserved_class(x) for x in c[1:]) or len(set(c)) != len(c):
+            raise ValueError(f"'classes' must start with 'background' and name each other class once; got {c!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"'backbone={self.backbone!r}' is unknown; valid backbones are {', '.join(BACKBONES)}")
+        if not _is_int(self.input_size) or not 16 <= self.input_size <= MAX_INPUT_SIZE:
+            raise ValueError(f"'input_size={self.input_size!r}' is invalid; it must be an integer in [16, {MAX_INPUT_SIZE}]")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if (not isinstance(v, (list, tuple)) or len(v) != 3 or not all(_is_number(x) for x in v)
+                    or (name == "std" and min(v) <= 0)):
+                raise ValueError(f"'{name}={v!r}' is invalid; it must be 3 finite numbers (std > 0)")
+            setattr(self, name, tuple(float(x) for x in v))
+        if not _is_int(self.hidden) or not 1 <= self.hidden <= 65536 or not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f"'hidden={self.hidden!r}', 'dropout={self.dropout!r}' are invalid")
+        if self.arch != "rcnn":
+            raise ValueError(f"'arch={self.arch!r}' is unknown; this version reads rcnn models")
+        if not isinstance(self.files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in self.files.items()):
+            raise ValueError("'files' must map file names to SHA-1 digests")
+
+    @classmethod
+    def from_json(cls, d: Any) -> ModelConfig:
+        """Build from the JSON of ``config.json``; raises ValueError naming the bad key or value."""
+        if not isinstance(d, dict):
+            raise ValueError(f"it holds a {type(d).__name__}, not an object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; known keys are {', '.join(sorted(known))}")
+        missing = [k for k in ("classes", "backbone", "input_size", "mean", "std") if k not in d]
+        if missing:
+            raise ValueError(f"missing key(s) {', '.join(map(repr, missing))}")
+        try:
+            crop = CropConfig(**d["crop"]) if "crop" in d else CropConfig(size=d["input_size"], context=0)
+            propose = ProposeConfig(**d["propose"]) if "propose" in d else ProposeConfig()
+        except TypeError as e:
+            raise ValueError(f"'crop' or 'propose' is malformed: {e}") from None
+        if "train" in d and not isinstance(d["train"], dict):
+            raise ValueError("'train' must be an object")
+        return cls(**{**d, "crop": crop, "propose": propose})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ModelConfig:
+        """Read and validate ``folder/config.json``; raises DataError naming the file."""
+        path = Path(folder) / "config.json"
+        if not path.exists():
+            raise DataError(f"{folder} is not a model folder: it has no config.json "
+                            "(written by `rcnn train` when training finishes)")
+        try:
+            return cls.from_json(read_json(path, "model config"))
+        except (ValueError, TypeError) as e:
+            raise DataError(f"model config {path} is invalid: {e}") from None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def commit_model(folder: str | Path, config: ModelConfig, files: dict[str, Callable[[Path], Any]]) -> None:
+    """Replace the model in ``folder`` so that it is always either the old or the new complete model.
+
+    1. every file is staged as ``NAME.next`` (atomically);
+    2. ``config.json``, with the SHA-1 of each staged file, replaces the old one: the commit;
+    3. each ``NAME.next`` is renamed over ``NAME`` (:func:`finish_commit`).
+
+    A crash before 2 leaves the old config, which does not match the staged files; a crash
+    after 2 leaves the new config, which :func:`load_model` and the next ``rcnn train`` resolve
+    to the staged files.
+
+    Args:
+        files: file name -> a writer called with the path to write (``model.pt`` among them).
+    """
     folder = Path(folder)
-    cfg = read_json(folder / "config.json", "model config")
+    staged = {}
+    for name, writer in files.items():
+        write_atomic(folder / f"{name}.next", writer)
+        staged[name] = file_digest(folder / f"{name}.next")
+    config.files = staged
+    write_json(folder / "config.json", config.to_json())
+    finish_commit(folder, config)
+
+
+def finish_commit(folder: str | Path, config: ModelConfig | None) -> None:
+    """Move committed ``*.next`` files into place and remove staged files no commit refers to (ours)."""
+    folder = Path(folder)
+    files = config.files if config is not None else {}
+    for staged in folder.glob("*.next"):
+        name = staged.name[: -len(".next")]
+        if name in files and file_digest(staged) == files[name]:
+            os.replace(staged, folder / name)
+        else:
+            staged.unlink()
+
+
+def committed_file(folder: Path, name: str, config: ModelConfig) -> Path:
+    """The file holding the committed ``name``: ``NAME``, or ``NAME.next`` while a commit is being finished.
+
+    Raises:
+        DataError: neither matches the commit record (a half-written folder).
+    """
+    expected = config.files.get(name)
+    if expected is None:  # written before commit records existed
+        return folder / name
+    for path in (folder / name, folder / f"{name}.next"):
+        if path.is_file() and file_digest(path) == expected:
+            return path
+    raise DataError(f"model folder {folder} is inconsistent: {name} does not match config.json "
+                    "(an interrupted `rcnn train`?); re-run `rcnn train` into it, with --resume to continue")
+
+
+def load_model(folder: str | Path, device: str = "auto") -> LoadedModel:
+    """Load a model folder written by ``rcnn train``.
+
+    Raises:
+        DataError: the folder, its config or its weights are missing, malformed, unsafe or inconsistent.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"model folder not found: {folder}")
+    cfg = ModelConfig.load(folder)
+    weights = committed_file(folder, WEIGHTS, cfg)
+    state = load_state(weights, "model weights")
+    backbone = build_backbone(cfg.backbone, "none")  # weights come from model.pt
+    net = RegionClassifier(backbone, len(cfg.classes), cfg.hidden, cfg.dropout)
     try:
-        backbone = build_backbone(cfg["backbone"], "none")  # weights come from model.pt
-        net = RegionClassifier(backbone, len(cfg["classes"]), cfg.get("hidden", 128), cfg.get("dropout", 0.2))
-        state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
-    except FileNotFoundError:
-        raise DataError(f"{folder} has no model.pt (is it a model folder written by `rcnn train`?)") from None
-    except (KeyError, RuntimeError) as e:
-        raise DataError(f"model folder {folder} is inconsistent: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise DataError(f"model folder {folder} is inconsistent: {weights.name} does not fit its config.json "
+                        f"({str(e).splitlines()[0][:200]})") from None
     dev = pick_device(device)
     net = net.to(dev).eval().to(memory_format=torch.channels_last)
-    return LoadedModel(net, cfg["classes"], cfg["input_size"], tuple(cfg["mean"]), tuple(cfg["std"]), cfg, dev)
+    return LoadedModel(net, cfg, dev)
+
+
+def load_state(path: str | Path, what: str) -> Any:
+    """``torch.load`` with ``weights_only=True``, every failure a DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path} is missing or not a regular file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DataError(f"{what} {path} was refused: it holds objects other than tensors "
+                        f"(unsafe or not written by rcnn): {str(e).splitlines()[0][:200]}") from None
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, AttributeError, ImportError, TypeError,
+            IndexError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise DataError(f"{what} {path} is corrupt or truncated: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None

@@ -16,7 +16,7 @@ from .crop import CropConfig, crop_dataset
 from .detect import DetectConfig, detect
 from .errors import DataError
 from .evaluate import evaluate, format_report as format_eval, load_detections
-from .io import write_json
+from .io import output_dir, print_err, write_json
 from .model import load_model
 from .parse import format_summary, parse_dataset
 from .propose import ProposalSet, ProposeConfig, proposal_report, propose_dataset
@@ -38,11 +38,10 @@ class PipelineConfig:
 
 
 def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | None = None,
-                 echo: Callable[[str], Any] = print) -> dict[str, Any]:
+                 echo: Callable[[str], Any] = print, warn: Callable[[str], Any] = print_err) -> dict[str, Any]:
     """Run every stage on the VOC dataset ``data`` into ``out``; returns the metrics."""
     config = config or PipelineConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out, "pipeline")
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -56,7 +55,7 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | Non
     stage("parse")
     ds = parse_dataset(data, classes=config.classes, test_fraction=config.test_fraction, seed=config.seed)
     for p in ds.problems:
-        echo(str(p))
+        (warn if p.level == "error" else echo)(str(p))
     train_images, test_images = ds.split("train"), ds.split("test")
     if not train_images or not test_images:
         raise DataError(f"{data} needs images in both splits (train: {len(train_images)}, test: {len(test_images)})")
@@ -98,6 +97,7 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | Non
     seconds["total"] = round(time.perf_counter() - t_all, 2)
     det_seconds = [r.seconds["score"] for r in results]
     metrics = {
+        "format": "rcnn-metrics-v1",
         "map50": evaluation["map50"],
         "map50_95": evaluation["map50_95"],
         "ap50": evaluation["ap50"],

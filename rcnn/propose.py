@@ -14,9 +14,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import json
+import multiprocessing
 import os
-import shutil
+import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +29,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError, MissingDependencyError
-from .io import atomic_path, load_rgb, read_json, write_json
+from .io import file_digest, load_rgb, output_dir, print_err, read_json, save_npy, write_json
 from .parse import Annotation, Dataset
 
 MODES = ("fast", "quality")
@@ -96,7 +99,6 @@ def selective_search(image: np.ndarray, config: ProposeConfig | None = None) -> 
     if config.max_side and max(h, w) > config.max_side:
         scale = config.max_side / max(h, w)
         image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    cv2.setNumThreads(1)  # one core per image; parallelism comes from processing images in parallel
     ss = xip.segmentation.createSelectiveSearchSegmentation()
     ss.setBaseImage(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if config.mode == "fast":
@@ -123,32 +125,76 @@ def selective_search(image: np.ndarray, config: ProposeConfig | None = None) -> 
 
 @dataclass
 class ProposalSet:
-    """Proposals of a dataset's images, read from a proposals folder."""
+    """Proposals of a dataset's images, read from a proposals folder.
+
+    ``boxes/<id>.npy`` holds an image's boxes and ``boxes/<id>.json`` what they were computed
+    from (the image path, the SHA-1 of its bytes and the settings key); a file is reused or
+    matched to an image only when that record fits.
+    """
 
     folder: Path
     config: ProposeConfig
     ids: list[str] = field(default_factory=list)
+    _by_digest: dict[str, str] | None = field(default=None, repr=False)
 
     def boxes(self, image_id: str) -> np.ndarray:
-        """ndarray[N, 4] float32 of one image; raises DataError when it was not computed."""
+        """ndarray[N, 4] float32 of one image; raises DataError when it was not computed or is corrupt."""
         path = self.folder / "boxes" / f"{image_id}.npy"
         try:
-            return np.load(path, allow_pickle=False)
+            boxes = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             raise DataError(f"no proposals for image '{image_id}' in {self.folder} (run `rcnn propose` on its split)") from None
-        except ValueError as e:
+        except (OSError, ValueError, EOFError) as e:
             raise DataError(f"proposal file {path} is corrupt: {e}") from None
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.issubdtype(boxes.dtype, np.floating) or not np.isfinite(boxes).all():
+            raise DataError(f"proposal file {path} is corrupt: expected finite float boxes [N, 4], got {boxes.dtype} {boxes.shape}")
+        return boxes.astype(np.float32, copy=False)
+
+    def record(self, image_id: str) -> dict[str, Any] | None:
+        """What ``boxes/<id>.npy`` was computed from, or None when unknown."""
+        return _stored_source(self.folder / "boxes", image_id)
+
+    def digest(self, image_id: str) -> str:
+        """SHA-1 of the stored boxes: part of the key of anything built from them."""
+        return file_digest(self.folder / "boxes" / f"{image_id}.npy")
+
+    def find(self, image_path: str | Path) -> np.ndarray | None:
+        """The boxes computed from this image's bytes (whatever its name or folder), or None."""
+        if self._by_digest is None:
+            self._by_digest = {}
+            for i in self.ids:
+                rec = self.record(i)
+                if rec and rec.get("config") == self.config.key():
+                    self._by_digest.setdefault(rec["image_sha1"], i)
+        image_id = self._by_digest.get(file_digest(image_path))
+        return self.boxes(image_id) if image_id is not None else None
 
     @classmethod
     def load(cls, folder: str | Path) -> ProposalSet:
         folder = Path(folder)
-        settings = read_json(folder / "settings.json", "proposal settings")
+        settings_path = folder / "settings.json"
+        settings = read_json(settings_path, "proposal settings")
+        if not isinstance(settings, dict) or not isinstance(settings.get("config"), dict):
+            raise DataError(f"{settings_path} is not a proposal settings file written by `rcnn propose`")
         try:
             config = ProposeConfig(**settings["config"])
-        except (KeyError, TypeError) as e:
-            raise DataError(f"{folder / 'settings.json'} is malformed: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{settings_path} is malformed: {e}") from None
         ids = sorted(p.stem for p in (folder / "boxes").glob("*.npy"))
         return cls(folder, config, ids)
+
+
+def _init_worker() -> None:
+    """Pool workers die with their parent, even when it is killed (SIGKILL, a scheduler's timeout)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    cv2.setNumThreads(1)  # one core per image; parallelism comes from processing images in parallel
 
 
 def _propose_worker(path: str, config: ProposeConfig) -> tuple[np.ndarray | None, float, str]:
@@ -158,12 +204,6 @@ def _propose_worker(path: str, config: ProposeConfig) -> tuple[np.ndarray | None
     except DataError as e:
         return None, time.perf_counter() - t, str(e)
     return boxes, time.perf_counter() - t, ""
-
-
-def _save_boxes(path: Path, boxes: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, boxes.astype(np.float32))
 
 
 def recall(gt: list[np.ndarray], proposals: list[np.ndarray], threshold: float, top_k: int | None = None) -> tuple[int, int]:
@@ -225,11 +265,17 @@ def propose_dataset(
     split: str | None = None,
     workers: int = 0,
     progress: bool = True,
+    echo: Callable[[str], Any] = print,
+    warn: Callable[[str], Any] = print_err,
 ) -> dict[str, Any]:
     """Compute (or reuse) proposals for the images of ``split`` and write ``out/report.json``.
 
     Args:
-        workers: processes; 0 means one per CPU core.
+        workers: processes; 0 means one per CPU core. Workers die with this process.
+        echo, warn: where progress lines and per-image errors go (stdout and stderr by default).
+
+    Raises:
+        DataError: ``out`` holds files rcnn did not write, or no image could be processed.
 
     Returns:
         The report: ``recall50``, ``recall70``, ``proposals_per_image``, ``seconds`` and more.
@@ -238,44 +284,71 @@ def propose_dataset(
 
     config = config or ProposeConfig()
     _ximgproc()  # fail early, with the fix, when the contrib build is missing
-    out = Path(out)
     images = dataset.split(split)
     if not images:
         raise DataError(f"no images in split '{split}'")
+    out = output_dir(out, "proposals")
+    boxes_dir = out / "boxes"
     settings_path = out / "settings.json"
     if settings_path.exists():
-        old = read_json(settings_path, "proposal settings").get("config")
+        try:
+            old = read_json(settings_path, "proposal settings")
+        except DataError as e:
+            old = str(e)
+        if not isinstance(old, dict):
+            warn(f"warning: {settings_path} is unreadable ({str(old)[:100]}); recomputing every image")
+        old = old.get("config") if isinstance(old, dict) else None
         if old != asdict(config):
-            print(f"proposal settings changed ({old} -> {asdict(config)}); recomputing", flush=True)
-            shutil.rmtree(out / "boxes", ignore_errors=True)
-    (out / "boxes").mkdir(parents=True, exist_ok=True)
-    write_json(settings_path, {"config": asdict(config)})
+            echo(f"proposal settings changed ({old} -> {asdict(config)}); recomputing")
+            for f in list(boxes_dir.glob("*.npy")) + list(boxes_dir.glob("*.json")):
+                f.unlink()  # ours: the folder carries our marker
+    boxes_dir.mkdir(exist_ok=True)
+    write_json(settings_path, {"format": "rcnn-proposals-v1", "config": asdict(config)})
 
     start = time.perf_counter()
-    todo = [a for a in images if not (out / "boxes" / f"{a.id}.npy").exists()]
+    sources = {a.id: _source(a, config) for a in images}
+    todo = [a for a in images if _stored_source(boxes_dir, a.id) != sources[a.id]]
     failures: list[str] = []
     compute_seconds: list[float] = []
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(images), initial=len(images) - len(todo), desc="propose", unit="img", disable=None if progress else True)
+
+    def collect(a: Annotation, result: tuple[np.ndarray | None, float, str]) -> None:
+        boxes, secs, err = result
+        bar.update()
+        if boxes is None:
+            failures.append(err)
+            warn(f"error: {err}; skipped")
+            return
+        (boxes_dir / f"{a.id}.json").unlink(missing_ok=True)  # no record may describe other boxes, even for a moment
+        save_npy(boxes_dir / f"{a.id}.npy", boxes.astype(np.float32))
+        write_json(boxes_dir / f"{a.id}.json", sources[a.id])
+        compute_seconds.append(secs)
+
     if workers == 1 or len(todo) <= 1:
-        results = (( a, _propose_worker(a.path, config)) for a in todo)
-        for a, (boxes, secs, err) in results:
-            _collect(out, a, boxes, secs, err, failures, compute_seconds)
-            bar.update()
+        for a in todo:
+            collect(a, _propose_worker(a.path, config))
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+        # spawn, not fork: a forked child inherits OpenCV's thread pool mid-state and can deadlock
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker) as pool:
             futures = {pool.submit(_propose_worker, a.path, config): a for a in todo}
-            for fut in as_completed(futures):
-                boxes, secs, err = fut.result()
-                _collect(out, futures[fut], boxes, secs, err, failures, compute_seconds)
-                bar.update()
+            try:
+                for fut in as_completed(futures):
+                    collect(futures[fut], fut.result())
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     bar.close()
 
-    done = [a for a in images if (out / "boxes" / f"{a.id}.npy").exists()]
+    done = [a for a in images if _stored_source(boxes_dir, a.id) == sources[a.id]]
+    if not done:
+        raise DataError(f"no proposals could be computed for any of the {len(images)} images (first error: {failures[0] if failures else '?'})")
     pset = ProposalSet(out, config)
     report = proposal_report(done, [pset.boxes(a.id) for a in done], dataset.classes)
     report.update(
         {
+            "format": "rcnn-proposals-report-v1",
             "split": split or "all",
             "config": asdict(config),
             "computed": len(todo) - len(failures),
@@ -290,14 +363,24 @@ def propose_dataset(
     return report
 
 
-def _collect(out: Path, a: Annotation, boxes: np.ndarray | None, secs: float, err: str,
-             failures: list[str], compute_seconds: list[float]) -> None:
-    if boxes is None:
-        failures.append(err)
-        print(f"error: {err}; skipped", flush=True)
-        return
-    _save_boxes(out / "boxes" / f"{a.id}.npy", boxes)
-    compute_seconds.append(secs)
+def _source(a: Annotation, config: ProposeConfig) -> dict[str, str]:
+    """What one image's proposals are computed from: reuse them only while this is unchanged."""
+    try:
+        sha = file_digest(a.path)
+    except DataError:
+        sha = ""  # unreadable: computed (and reported) as a failure
+    return {"image": a.path, "image_sha1": sha, "config": config.key()}
+
+
+def _stored_source(boxes_dir: Path, image_id: str) -> dict[str, Any] | None:
+    """The record beside ``boxes/<id>.npy``, or None when either is missing or unreadable."""
+    if not (boxes_dir / f"{image_id}.npy").is_file():
+        return None
+    try:
+        d = json.loads((boxes_dir / f"{image_id}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) and d.get("image_sha1") else None
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from lxml import etree
 
-from .io import write_atomic, write_text
+from .io import output_dir, write_atomic, write_text
 
 CLASSES = ("disc", "square")
 
@@ -76,6 +76,7 @@ def make_dataset(
     if images < 1:
         raise ValueError(f"'images={images}' is invalid; it must be at least 1")
     out = Path(out)
+    out = output_dir(out, "synth")
     (out / "Annotations").mkdir(parents=True, exist_ok=True)
     (out / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (out / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,10 @@ never straddle it), stratified by each image's main class, and seeded.
 from __future__ import annotations
 
 import csv
-import hashlib
-import io as _io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +25,12 @@ import torch
 from torch import nn
 
 from .backbones import build_backbone
-from .crop import decode_crop, load_shard
+from .crop import CropConfig, decode_crop, load_shard
 from .errors import DataError, TrainingError
-from .io import atomic_path, read_json, write_json, write_text
-from .model import RegionClassifier, auto_batch_size, pick_device, preprocess
+from .io import digest, file_digest, output_dir, read_json, save_npy, write_atomic
+from .model import (MAX_INPUT_SIZE, WEIGHTS, ModelConfig, RegionClassifier, auto_batch_size, commit_model, finish_commit,
+                    load_state, pick_device, preprocess)
+from .propose import ProposeConfig
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -68,6 +68,8 @@ class TrainConfig:
             raise ValueError(f"'fg_fraction={self.fg_fraction}' is invalid; it must be in (0, 1)")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"'val_fraction={self.val_fraction}' is invalid; it must be in (0, 1)")
+        if self.input_size != 0 and not 16 <= self.input_size <= MAX_INPUT_SIZE:
+            raise ValueError(f"'input_size={self.input_size}' is invalid; use 0 (the crop size) or 16 to {MAX_INPUT_SIZE}")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise ValueError(f"need epochs >= 1, batch_size >= 2 and lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}")
 
@@ -92,24 +94,42 @@ class RegionSet:
 
     @classmethod
     def load(cls, folder: str | Path) -> RegionSet:
+        """Read a region set; raises DataError naming the file for anything malformed or missing."""
         folder = Path(folder)
-        meta = read_json(folder / "meta.json", "region-set metadata")
-        if meta.get("format") != "rcnn-crops-v1":
-            raise DataError(f"{folder} is not a region set written by `rcnn crop`")
+        meta_path = folder / "meta.json"
+        meta = read_json(meta_path, "region-set metadata")
+        if not isinstance(meta, dict) or meta.get("format") != "rcnn-crops-v1":
+            raise DataError(f"{folder} is not a region set written by `rcnn crop` ({meta_path} has no rcnn-crops-v1 format tag)")
+        _check_meta(meta, meta_path)
+        n_classes = len(meta["classes"])
         labels, groups, data, ious, targets = [], [], [], [], []
         for g, image_id in enumerate(meta["images"]):
-            s = load_shard(folder / "shards" / f"{image_id}.npz")
-            labels.append(s["labels"])
+            path = folder / "shards" / f"{image_id}.npz"
+            s = load_shard(path)
+            try:
+                off, lab = s["offsets"].astype(np.int64), s["labels"].astype(np.int64)
+                n = len(lab)
+                ok = (len(off) == n + 1 and s["targets"].shape == (n, 4) and len(s["ious"]) == n
+                      and (lab >= 0).all() and (lab < n_classes).all() and (np.diff(off) >= 0).all()
+                      and off[0] == 0 and off[-1] <= len(s["data"]))
+            except (KeyError, ValueError, TypeError, AttributeError) as e:
+                raise DataError(f"crop shard {path} is corrupt: {e}") from None
+            if not ok:
+                raise DataError(f"crop shard {path} is corrupt: its arrays do not fit together or labels exceed {n_classes} classes")
+            labels.append(lab)
             ious.append(s["ious"])
             targets.append(s["targets"])
-            groups.append(np.full(len(s["labels"]), g))
-            off = s["offsets"]
-            data += [s["data"][off[k] : off[k + 1]] for k in range(len(s["labels"]))]
+            groups.append(np.full(n, g))
+            data += [s["data"][off[k] : off[k + 1]] for k in range(n)]
         if not data:
             raise DataError(f"region set {folder} is empty")
         return cls(folder, meta["classes"], meta["counts"], meta["class_weights"], np.concatenate(labels).astype(np.int64),
                    np.concatenate(groups).astype(np.int64), np.concatenate(ious).astype(np.float32),
                    np.concatenate(targets).astype(np.float32).reshape(-1, 4), data, meta)
+
+    @property
+    def crop_size(self) -> int:
+        return int(self.meta["config"]["size"])
 
     def crops(self, idx: np.ndarray, flip: np.ndarray | None = None) -> np.ndarray:
         """Decoded RGB crops ``[len(idx), S, S, 3]`` uint8, mirrored where ``flip`` is true."""
@@ -117,6 +137,32 @@ class RegionSet:
         if flip is not None and flip.any():
             out[flip] = out[flip][:, :, ::-1]
         return out
+
+
+def _check_meta(meta: dict[str, Any], path: Path) -> None:
+    """Validate the region set's ``meta.json`` (classes, counts, weights, images, settings)."""
+    from .crop import CropConfig
+    from .parse import is_reserved_class
+
+    classes = meta.get("classes")
+    if (not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes)
+            or classes[0] != "background" or any(is_reserved_class(c) for c in classes[1:]) or len(set(classes)) != len(classes)):
+        raise DataError(f"{path}: 'classes' must be a list of distinct names starting with 'background', got {classes!r}")
+    for key in ("counts", "class_weights"):
+        v = meta.get(key)
+        if not isinstance(v, dict) or set(v) != set(classes) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in v.values()):
+            raise DataError(f"{path}: '{key}' must give a non-negative number for each class")
+    images = meta.get("images")
+    if not isinstance(images, list) or not all(isinstance(i, str) and i and "/" not in i and "\\" not in i and i not in (".", "..")
+                                               for i in images):
+        raise DataError(f"{path}: 'images' must be a list of image ids")
+    try:
+        CropConfig(**meta.get("config", {}))
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: 'config' is not a crop configuration: {e}") from None
+    if not isinstance(meta.get("propose", {}), dict):
+        raise DataError(f"{path}: 'propose' must be an object")
 
 
 def split_by_image(labels: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,45 +233,111 @@ def resolve_class_weights(spec: str, regions: RegionSet) -> torch.Tensor | None:
 # --------------------------------------------------------------------------- features
 
 
+@dataclass
+class Preprocess:
+    """How crops become network input: normalisation, input side and device."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: int
+    device: torch.device
+
+    def __call__(self, crops: np.ndarray) -> torch.Tensor:
+        return preprocess(crops, self.mean, self.std, self.size, self.device)
+
+
 @torch.inference_mode()
-def extract_features(net: RegionClassifier, regions: RegionSet, idx: np.ndarray, mean, std, size: int, batch: int,
-                     device: torch.device, flip: bool = False, progress: bool = True) -> np.ndarray:
+def extract_features(backbone: nn.Module, regions: RegionSet, idx: np.ndarray, prep: Preprocess, batch: int,
+                     flip: bool = False, progress: bool = True) -> np.ndarray:
     """Backbone features ``[len(idx), D]`` float32 of the given regions (mirrored when ``flip``)."""
     from tqdm import tqdm
 
-    net.backbone.eval()
+    backbone.eval()
     out = []
     for s in tqdm(range(0, len(idx), batch), desc="features" + (" (flipped)" if flip else ""), unit="batch",
                   disable=None if progress else True, leave=False):
         b = idx[s : s + batch]
-        crops = regions.crops(b, np.full(len(b), flip))
-        out.append(net.backbone(preprocess(crops, mean, std, size, device)).float().cpu().numpy())
+        out.append(backbone(prep(regions.crops(b, np.full(len(b), flip)))).float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 
-def _cache_key(config: TrainConfig, regions: RegionSet, size: int, flip: bool) -> str:
-    ident = json.dumps([config.backbone, config.weights, size, flip, regions.meta["config"], regions.meta["images"],
-                        len(regions.labels)], sort_keys=True)
-    return hashlib.sha1(ident.encode()).hexdigest()[:16]
+class FeatureSource:
+    """What the head is trained on: ``inputs(idx, flip)`` gives the head's input for regions ``idx``."""
+
+    cached = False
+
+    def inputs(self, idx: np.ndarray, flip: np.ndarray) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def box_features(self) -> torch.Tensor:  # pragma: no cover - interface
+        """Features ``[N, D]`` of every region (zeros where not needed) for the box regressor."""
+        raise NotImplementedError
 
 
-def cached_features(net, regions: RegionSet, config: TrainConfig, mean, std, size: int, device, cache_dir: Path,
-                    flip: bool, progress: bool) -> np.ndarray:
-    """Features of every region, from ``cache_dir`` when an identical extraction was done before."""
-    path = cache_dir / f"features-{_cache_key(config, regions, size, flip)}.npy"
-    if path.exists():
-        try:
-            feats = np.load(path, allow_pickle=False)
-            if len(feats) == len(regions.labels):
-                return feats
-        except ValueError:
-            pass  # a damaged cache is recomputed
-    feats = extract_features(net, regions, np.arange(len(regions.labels)), mean, std, size,
-                             config.feature_batch or auto_batch_size(device), device, flip, progress)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, feats)
-    return feats
+class CachedFeatures(FeatureSource):
+    """A frozen backbone: features of every crop (and of its mirror image) computed once, kept on disk.
+
+    The cache file's name is a key of the backbone, its weights, the input side and the region
+    set's content key, so a changed region set or backbone never reads stale features.
+    """
+
+    cached = True
+
+    def __init__(self, net: RegionClassifier, regions: RegionSet, config: TrainConfig, prep: Preprocess,
+                 cache_dir: Path, progress: bool) -> None:
+        self.net, self.regions, self.config, self.prep = net, regions, config, prep
+        self.cache_dir, self.progress = cache_dir, progress
+        self.plain = self._load(False)
+        self.flipped = self._load(True) if config.hflip else None
+
+    def _key(self, flip: bool) -> str:
+        weights = self.config.weights
+        if weights not in ("imagenet", "none"):
+            weights = file_digest(weights)  # the bytes, not the path
+        content = self.regions.meta.get("content_key") or [self.regions.meta["config"], self.regions.meta["images"]]
+        return digest(self.config.backbone, weights, self.prep.size, flip, content, len(self.regions.labels))[:16]
+
+    def _load(self, flip: bool) -> torch.Tensor:
+        path = self.cache_dir / f"features-{self._key(flip)}.npy"
+        if path.is_file():
+            try:
+                feats = np.load(path, allow_pickle=False)
+                if feats.shape[0] == len(self.regions.labels) and feats.dtype == np.float32:
+                    return torch.from_numpy(feats)
+            except (OSError, ValueError, EOFError):
+                pass  # a damaged cache is recomputed
+        feats = extract_features(self.net.backbone, self.regions, np.arange(len(self.regions.labels)), self.prep,
+                                 self.config.feature_batch or auto_batch_size(self.prep.device), flip, self.progress)
+        save_npy(path, feats)
+        return torch.from_numpy(feats)
+
+    def inputs(self, idx: np.ndarray, flip: np.ndarray) -> torch.Tensor:
+        x = self.plain[idx].clone()
+        if flip.any() and self.flipped is not None:
+            x[flip] = self.flipped[idx[flip]]
+        return self.net.head(x.to(self.prep.device))
+
+    def box_features(self) -> torch.Tensor:
+        return self.plain
+
+
+class LiveFeatures(FeatureSource):
+    """A backbone that trains too: every batch of crops goes through the whole network."""
+
+    def __init__(self, net: RegionClassifier, regions: RegionSet, config: TrainConfig, prep: Preprocess, progress: bool) -> None:
+        self.net, self.regions, self.config, self.prep, self.progress = net, regions, config, prep, progress
+
+    def inputs(self, idx: np.ndarray, flip: np.ndarray) -> torch.Tensor:
+        return self.net(self.prep(self.regions.crops(idx, flip)))
+
+    def box_features(self) -> torch.Tensor:
+        """The fine-tuned backbone's features of the object regions."""
+        box_idx = np.flatnonzero(self.regions.labels > 0)
+        feats = torch.zeros(len(self.regions.labels), self.net.bbox.in_features)
+        feats[box_idx] = torch.from_numpy(extract_features(self.net.backbone, self.regions, box_idx, self.prep,
+                                                           self.config.feature_batch or auto_batch_size(self.prep.device),
+                                                           False, self.progress))
+        return feats
 
 
 # --------------------------------------------------------------------------- box regression
@@ -314,22 +426,167 @@ def _save_plot(history: list[dict[str, float]], path: Path) -> None:
         ax.legend()
     fig.suptitle("region classifier training")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+    fig.savefig(path, dpi=100, format="png", metadata={"rcnn": "train"})
     plt.close(fig)
 
 
-def _history_csv(history: list[dict[str, float]]) -> str:
-    buf = _io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0]))
-    w.writeheader()
-    w.writerows(history)
-    return buf.getvalue()
+def _write_history(history: list[dict[str, float]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+
+
+@dataclass
+class TrainRun:
+    """Everything one training run works with, built by :func:`build_run`."""
+
+    config: TrainConfig
+    out: Path
+    regions: RegionSet
+    net: RegionClassifier
+    features: FeatureSource
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    device: torch.device
+    model_config: ModelConfig
+    weights: torch.Tensor | None
+    rng: np.random.Generator
+    feature_seconds: float = 0.0
+
+
+@dataclass
+class TrainState:
+    """Where training stands: saved in ``checkpoint.pt`` after every epoch (a plain dict of tensors and numbers)."""
+
+    epoch: int = 0  # last finished epoch
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    best_net: dict[str, torch.Tensor] | None = None  # the weights of the best epoch so far
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_run(crops_dir: str | Path, out: str | Path, config: TrainConfig, progress: bool) -> TrainRun:
+    """Read the region set, split it by image, build the network, its feature source and optimiser."""
+    torch.manual_seed(config.seed)
+    device = pick_device(config.device)
+    regions = RegionSet.load(crops_dir)
+    size = config.input_size or regions.crop_size
+    if size > MAX_INPUT_SIZE:
+        raise ValueError(f"'input_size={size}' is too large; it must be at most {MAX_INPUT_SIZE} (the crops are {regions.crop_size} px)")
+    weights = resolve_class_weights(config.class_weights, regions)
+    train_idx, val_idx = split_by_image(regions.labels, regions.groups, config.val_fraction, config.seed)
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise DataError(f"region set {crops_dir} has too few images ({int(regions.groups.max()) + 1}) for a validation split")
+    if not (regions.labels[train_idx] > 0).any():
+        raise DataError(f"region set {crops_dir} has no object regions to learn from")
+    out = output_dir(out, "model")
+
+    backbone = build_backbone(config.backbone, config.weights)
+    net = RegionClassifier(backbone, len(regions.classes), config.hidden, config.dropout).to(device).to(memory_format=torch.channels_last)
+    if config.freeze_backbone:
+        for p in net.backbone.parameters():
+            p.requires_grad_(False)
+    params = [p for p in net.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    model_config = ModelConfig(
+        classes=regions.classes, backbone=config.backbone, input_size=size, mean=backbone.mean, std=backbone.std,
+        hidden=config.hidden, dropout=config.dropout, crop=CropConfig(**regions.meta["config"]),
+        propose=ProposeConfig(**regions.meta["propose"]), train=asdict(config),
+    )
+    prep = Preprocess(backbone.mean, backbone.std, size, device)
+    t = time.perf_counter()
+    features: FeatureSource = (CachedFeatures(net, regions, config, prep, out / "cache", progress) if config.freeze_backbone
+                               else LiveFeatures(net, regions, config, prep, progress))
+    criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    return TrainRun(config, out, regions, net, features, opt, criterion, train_idx, val_idx, device, model_config, weights,
+                    np.random.default_rng(config.seed), time.perf_counter() - t)
+
+
+def resume_state(run: TrainRun) -> TrainState:
+    """Restore the network, optimiser, history and best weights from ``checkpoint.pt``.
+
+    Raises:
+        DataError: no checkpoint, an unreadable or unsafe one, other settings or another network.
+    """
+    path = run.out / "checkpoint.pt"
+    if not path.exists():
+        raise DataError(f"nothing to resume: {path} does not exist")
+    ckpt = load_state(path, "checkpoint")
+    keys = {"net", "optimizer", "epoch", "best_val_loss", "best_epoch", "history", "config"}
+    if not isinstance(ckpt, dict) or not keys <= set(ckpt) or not isinstance(ckpt["config"], dict):
+        raise DataError(f"checkpoint {path} is not a training checkpoint written by `rcnn train`")
+    old = {k: v for k, v in ckpt["config"].items() if k != "epochs"}
+    if old != {k: v for k, v in asdict(run.config).items() if k != "epochs"}:
+        raise DataError(f"cannot resume {run.out}: its training settings differ from the ones given")
+    try:
+        run.net.load_state_dict(ckpt["net"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        epoch = int(ckpt["epoch"])
+        state = TrainState(epoch, float(ckpt["best_val_loss"]), int(ckpt["best_epoch"]),
+                           ckpt.get("best_net") or ckpt["net"], list(ckpt["history"]))
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise DataError(f"checkpoint {path} does not fit this network ({len(run.regions.classes)} classes, "
+                        f"{run.config.backbone}): {str(e).splitlines()[0][:200]}") from None
+    run.rng = np.random.default_rng([run.config.seed, epoch + 1])
+    torch.manual_seed(run.config.seed + epoch + 1)
+    return state
+
+
+def train_one_epoch(run: TrainRun, epoch: int) -> tuple[float, float]:
+    """One pass over class-balanced batches of the training regions; returns (mean loss, accuracy)."""
+    config, net = run.config, run.net
+    net.train()
+    if config.freeze_backbone:
+        net.backbone.eval()  # frozen BatchNorm statistics
+    y_all = torch.from_numpy(run.regions.labels)
+    tot_loss = tot_correct = tot_n = 0.0
+    for b, rel in enumerate(balanced_batches(run.regions.labels[run.train_idx], config.batch_size, config.fg_fraction, run.rng)):
+        idx = run.train_idx[rel]
+        flip = run.rng.random(len(idx)) < 0.5 if config.hflip else np.zeros(len(idx), bool)
+        y = y_all[idx].to(run.device)
+        z = run.features.inputs(idx, flip)
+        loss = run.criterion(z, y)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}, batch {b + 1}; "
+                                f"training stopped (try a lower --lr than {config.lr})")
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        tot_loss += loss.item() * len(idx)
+        tot_correct += float((z.argmax(1) == y).sum())
+        tot_n += len(idx)
+    return tot_loss / tot_n, tot_correct / tot_n
+
+
+@torch.inference_mode()
+def evaluate(run: TrainRun, idx: np.ndarray) -> tuple[float, np.ndarray]:
+    """(loss, predicted class ids) of regions ``idx``, unflipped, in eval mode."""
+    run.net.eval()
+    no_flip = np.zeros(512, bool)
+    z = torch.cat([run.features.inputs(idx[s : s + 512], no_flip[: len(idx[s : s + 512])]) for s in range(0, len(idx), 512)])
+    return float(run.criterion(z, torch.from_numpy(run.regions.labels[idx]).to(run.device))), z.argmax(1).cpu().numpy()
+
+
+def save_checkpoint(run: TrainRun, state: TrainState) -> None:
+    """``checkpoint.pt`` (atomically): the network, optimiser, best weights and history, for ``--resume``."""
+    ckpt = {"net": run.net.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": state.epoch,
+            "best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "best_net": state.best_net,
+            "history": state.history, "config": asdict(run.config)}
+    write_atomic(run.out / "checkpoint.pt", lambda p: torch.save(ckpt, p))
 
 
 def train(crops_dir: str | Path, out: str | Path, config: TrainConfig | None = None, resume: bool = False,
           progress: bool = True) -> dict[str, Any]:
     """Train the region classifier and write the model folder ``out``.
+
+    The folder's model is replaced only at the end, in one commit (:func:`rcnn.model.commit_model`):
+    an interrupted run leaves the earlier model complete, and ``resume`` continues from ``checkpoint.pt``.
 
     Returns:
         The report (also ``out/report.json``) with ``val_precision`` and ``val_recall`` per class.
@@ -337,171 +594,69 @@ def train(crops_dir: str | Path, out: str | Path, config: TrainConfig | None = N
     from tqdm import tqdm
 
     config = config or TrainConfig()
-    out = Path(out)
     t_start = time.perf_counter()
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    device = pick_device(config.device)
-
-    regions = RegionSet.load(crops_dir)
-    classes = regions.classes
-    crop_size = int(regions.meta["config"]["size"])
-    size = config.input_size or crop_size
-    weights = resolve_class_weights(config.class_weights, regions)
-    train_idx, val_idx = split_by_image(regions.labels, regions.groups, config.val_fraction, config.seed)
-    if len(val_idx) == 0 or len(train_idx) == 0:
-        raise DataError(f"region set {crops_dir} has too few images ({int(regions.groups.max()) + 1}) for a validation split")
-    if not (regions.labels[train_idx] > 0).any():
-        raise DataError(f"region set {crops_dir} has no object regions to learn from")
-
-    backbone = build_backbone(config.backbone, config.weights)
-    net = RegionClassifier(backbone, len(classes), config.hidden, config.dropout).to(device).to(memory_format=torch.channels_last)
-    mean, std = backbone.mean, backbone.std
-    cached = config.freeze_backbone
-    if config.freeze_backbone:
-        for p in net.backbone.parameters():
-            p.requires_grad_(False)
-
-    model_config = {
-        "backbone": config.backbone,
-        "classes": classes,
-        "input_size": size,
-        "mean": list(mean),
-        "std": list(std),
-        "hidden": config.hidden,
-        "dropout": config.dropout,
-        "train": asdict(config),
-        "crop": regions.meta["config"],
-        "propose": regions.meta["propose"],
-    }
-    ckpt_path = out / "checkpoint.pt"
-    out.mkdir(parents=True, exist_ok=True)
-    history: list[dict[str, float]] = []
-    start_epoch, best_loss, best_epoch = 1, math.inf, 0
-    params = [p for p in net.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    if resume:
-        if not ckpt_path.exists():
-            raise DataError(f"nothing to resume: {ckpt_path} does not exist")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        old = {k: v for k, v in ckpt["config"].items() if k != "epochs"}
-        if old != {k: v for k, v in asdict(config).items() if k != "epochs"}:
-            raise DataError(f"cannot resume {out}: its training settings differ from the ones given")
-        net.load_state_dict(ckpt["net"])
-        opt.load_state_dict(ckpt["optimizer"])
-        history = ckpt["history"]
-        start_epoch, best_loss, best_epoch = ckpt["epoch"] + 1, ckpt["best_val_loss"], ckpt["best_epoch"]
-        rng = np.random.default_rng([config.seed, start_epoch])
-        torch.manual_seed(config.seed + start_epoch)
-
-    # ------------------------------------------------------------------ inputs
-    t_feat = time.perf_counter()
-    if cached:
-        feats = torch.from_numpy(cached_features(net, regions, config, mean, std, size, device, out / "cache", False, progress))
-        feats_flip = (torch.from_numpy(cached_features(net, regions, config, mean, std, size, device, out / "cache", True, progress))
-                      if config.hflip else None)
-    feature_seconds = time.perf_counter() - t_feat
-
-    def logits(idx: np.ndarray, training: bool) -> torch.Tensor:
-        flip = rng.random(len(idx)) < 0.5 if (training and config.hflip) else np.zeros(len(idx), bool)
-        if cached:
-            x = feats[idx].clone()
-            if flip.any():
-                x[flip] = feats_flip[idx[flip]]  # type: ignore[index]
-            return net.head(x.to(device))
-        return net(preprocess(regions.crops(idx, flip), mean, std, size, device))
-
-    criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
-    y_all = torch.from_numpy(regions.labels)
-
-    @torch.inference_mode()
-    def evaluate_split(idx: np.ndarray) -> tuple[float, np.ndarray]:
-        net.eval()
-        outs = [logits(idx[s : s + 512], False) for s in range(0, len(idx), 512)]
-        z = torch.cat(outs)
-        return float(criterion(z, y_all[idx].to(device))), z.argmax(1).cpu().numpy()
-
+    run = build_run(crops_dir, out, config, progress)
+    finish_commit(run.out, ModelConfig.load(run.out) if (run.out / "config.json").exists() else None)
+    state = resume_state(run) if resume else TrainState()
     epoch_seconds = []
-    for epoch in tqdm(range(start_epoch, config.epochs + 1), desc="epochs", unit="epoch", disable=None if progress else True,
-                      initial=start_epoch - 1, total=config.epochs):
-        t_epoch = time.perf_counter()
-        net.train()
-        if config.freeze_backbone:
-            net.backbone.eval()  # frozen BatchNorm statistics
-        batches = balanced_batches(regions.labels[train_idx], config.batch_size, config.fg_fraction, rng)
-        tot_loss = tot_correct = tot_n = 0.0
-        for b, rel in enumerate(tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=True if (not progress or cached) else None, leave=False)):
-            idx = train_idx[rel]
-            y = y_all[idx].to(device)
-            z = logits(idx, True)
-            loss = criterion(z, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}, batch {b + 1}; "
-                                    f"training stopped (try a lower --lr than {config.lr})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot_loss += loss.item() * len(idx)
-            tot_correct += float((z.argmax(1) == y).sum())
-            tot_n += len(idx)
-        val_loss, val_pred = evaluate_split(val_idx)
+    for epoch in tqdm(range(state.epoch + 1, config.epochs + 1), desc="epochs", unit="epoch", disable=None if progress else True,
+                      initial=state.epoch, total=config.epochs):
+        t = time.perf_counter()
+        train_loss, train_acc = train_one_epoch(run, epoch)
+        val_loss, val_pred = evaluate(run, run.val_idx)
         if not math.isfinite(val_loss):
             raise TrainingError(f"the validation loss became {val_loss} at epoch {epoch}; training stopped")
-        val_acc = float((val_pred == regions.labels[val_idx]).mean())
-        epoch_seconds.append(time.perf_counter() - t_epoch)
-        history.append({"epoch": epoch, "train_loss": round(tot_loss / tot_n, 5), "train_acc": round(tot_correct / tot_n, 5),
-                        "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "seconds": round(epoch_seconds[-1], 3)})
-        if val_loss < best_loss:
-            best_loss, best_epoch = val_loss, epoch
-            with atomic_path(out / "model.pt") as tmp:
-                torch.save(net.state_dict(), tmp)
-        with atomic_path(ckpt_path) as tmp:
-            torch.save({"net": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best_val_loss": best_loss,
-                        "best_epoch": best_epoch, "history": history, "config": asdict(config)}, tmp)
+        epoch_seconds.append(time.perf_counter() - t)
+        state.epoch = epoch
+        state.history.append({"epoch": epoch, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
+                              "val_loss": round(val_loss, 5), "val_acc": round(float((val_pred == run.regions.labels[run.val_idx]).mean()), 5),
+                              "seconds": round(epoch_seconds[-1], 3)})
+        if val_loss < state.best_val_loss:
+            state.best_val_loss, state.best_epoch = val_loss, epoch
+            state.best_net = {k: v.detach().clone().cpu() for k, v in run.net.state_dict().items()}
+        save_checkpoint(run, state)
+    return write_model(run, state, sum(epoch_seconds), t_start)
 
-    # ------------------------------------------------------------------ report, from the best checkpoint
-    net.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
-    net.to(device)
-    box_idx = np.flatnonzero(regions.labels > 0)
-    if cached:
-        box_feats = feats
-    else:  # the fine-tuned backbone's features of the object regions
-        box_feats = torch.zeros(len(regions.labels), net.bbox.in_features)
-        box_feats[box_idx] = torch.from_numpy(extract_features(net, regions, box_idx, mean, std, size,
-                                                               config.feature_batch or auto_batch_size(device), device, False, progress))
-    box_regression = fit_box_regressor(net, box_feats.cpu(), regions, train_idx, val_idx)
-    net.to(device)
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save(net.state_dict(), tmp)
-    val_loss, val_pred = evaluate_split(val_idx)
-    cm = confusion(regions.labels[val_idx], val_pred, len(classes))
+
+def write_model(run: TrainRun, state: TrainState, epoch_seconds: float, t_start: float) -> dict[str, Any]:
+    """Take the best epoch's weights, fit the box regressor, and commit the model folder with its report."""
+    if state.best_net is None:
+        raise TrainingError("no epoch finished; nothing to save")
+    run.net.load_state_dict(state.best_net)
+    run.net.to(run.device)
+    box_regression = fit_box_regressor(run.net, run.features.box_features().cpu(), run.regions, run.train_idx, run.val_idx)
+    run.net.to(run.device)
+    val_loss, val_pred = evaluate(run, run.val_idx)
+    classes = run.regions.classes
+    cm = confusion(run.regions.labels[run.val_idx], val_pred, len(classes))
     val_precision, val_recall = precision_recall(cm, classes)
-    write_json(out / "config.json", model_config)
-    write_text(out / "history.csv", _history_csv(history))
-    _save_plot(history, out / "curves.png")
     report = {
+        "format": "rcnn-train-report-v1",
         "val_precision": val_precision,
         "val_recall": val_recall,
         "val_loss": round(val_loss, 5),
-        "val_accuracy": round(float((val_pred == regions.labels[val_idx]).mean()), 4),
-        "best_epoch": best_epoch,
-        "epochs": config.epochs,
+        "val_accuracy": round(float((val_pred == run.regions.labels[run.val_idx]).mean()), 4),
+        "best_epoch": state.best_epoch,
+        "epochs": run.config.epochs,
         "confusion": {"classes": classes, "matrix": cm.tolist()},
-        "regions": {"train": int(len(train_idx)), "val": int(len(val_idx))},
-        "class_weights": weights.tolist() if weights is not None else None,
+        "regions": {"train": int(len(run.train_idx)), "val": int(len(run.val_idx))},
+        "class_weights": run.weights.tolist() if run.weights is not None else None,
         "box_regression": box_regression,
-        "device": str(device),
+        "device": str(run.device),
         "seconds": {
-            "features": round(feature_seconds, 2),
-            "epochs": round(sum(epoch_seconds), 2),
+            "features": round(run.feature_seconds, 2),
+            "epochs": round(epoch_seconds, 2),
             "total": round(time.perf_counter() - t_start, 2),
         },
-        "config": asdict(config),
+        "config": asdict(run.config),
     }
-    write_json(out / "report.json", report)
+    state_dict = run.net.state_dict()
+    commit_model(run.out, run.model_config, {
+        WEIGHTS: lambda p: torch.save(state_dict, p),
+        "report.json": lambda p: p.write_text(json.dumps(report, indent=2) + "\n"),
+        "history.csv": lambda p: _write_history(state.history, p),
+        "curves.png": lambda p: _save_plot(state.history, p),
+    })
     return report
 
 

@@ -34,12 +34,22 @@ def test_no_nms_would_keep_every_box():
     assert len(dets) == 1 and dets[0].score == pytest.approx(scores[:, 1].max(), abs=1e-5)
 
 
-def test_run_folders_are_numbered(tmp_path):
+def test_run_folders_are_numbered_and_created(tmp_path):
     assert next_run_dir(tmp_path) == tmp_path / "predict"
-    (tmp_path / "predict").mkdir()
     assert next_run_dir(tmp_path) == tmp_path / "predict2"
-    (tmp_path / "predict2").mkdir()
+    (tmp_path / "predict4").mkdir()  # someone else's folder is skipped, never shared
     assert next_run_dir(tmp_path) == tmp_path / "predict3"
+    assert next_run_dir(tmp_path) == tmp_path / "predict5"
+    assert all((tmp_path / n / ".rcnn.json").is_file() for n in ("predict", "predict2", "predict3", "predict5"))
+
+
+def test_concurrent_runs_never_share_a_folder(tmp_path):
+    """Issue 9.5: check-then-create let two runs started together both write `predict`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: next_run_dir(tmp_path), range(32)))
+    assert len(set(dirs)) == 32
 
 
 def test_batched_scores_equal_one_region_at_a_time(synth_model, synth_parsed):
@@ -131,7 +141,7 @@ def test_evaluate_runs_a_model_folder(tmp_path, synth_model, synth_parsed):
     out = tmp_path / "eval" / "report.json"
     res = CliRunner().invoke(main, ["evaluate", str(synth_model), str(synth_parsed), "--split", "test", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "eval" / "detections.json").is_file()
+    assert (tmp_path / "eval" / "report_detect" / "detections.json").is_file()  # its own folder, never --out's
     report = json.loads(out.read_text())
     assert report["n_images"] == 3 and 0.0 <= report["map50"] <= 1.0
     assert json.loads(res.output.strip().splitlines()[-2]) == {"map50": report["map50"], "map50_95": report["map50_95"]}
