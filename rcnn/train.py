@@ -39,10 +39,12 @@ OPTIMIZERS = ("sgd", "adam")
 class TrainConfig:
     """Training settings; saved in the model folder."""
 
-    backbone: str = "mobilenet_v2"  # torchvision MobileNetV2; "efficientnet_lite0" has offline ImageNet weights
+    # A name in rcnn.backbones.BACKBONES. EfficientNet-Lite0 ships real ImageNet weights in its pip package
+    # (works offline) and gave every measured result; "mobilenet_v2" downloads through torchvision.
+    backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"  # "imagenet", "none" (random) or a path to a state dict
     freeze_backbone: bool = True  # train only the head (the reference pipeline's way) on cached features
-    epochs: int = 10
+    epochs: int = 10  # passes over the training regions; the model keeps the best validation epoch
     batch_size: int = 128  # regions per batch
     # Share of object regions in each batch (R-CNN: 32 of 128 = 0.25). Measured on raccoon, image-held-out
     # validation: 0.5 raises object recall 0.86 -> 0.93 and background precision 0.94 -> 0.97, same mAP.
@@ -50,7 +52,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # "sgd" (with momentum) or "adam"
     lr: float = 1e-3  # the reference pipeline's SGD learning rate
     momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # L2 penalty in the optimiser; 0 = none
     class_weights: str = "auto"  # "auto" (inverse frequency, from the crop metadata), "none", or "w0,w1,..."
     val_fraction: float = 0.2  # share of images held out for validation (the reference pipeline's 80/20)
     hflip: bool = False  # horizontal-flip augmentation
@@ -58,7 +60,7 @@ class TrainConfig:
     hidden: int = 128  # head width (reference: 128)
     dropout: float = 0.2  # head dropout (reference: 0.2)
     feature_batch: int = 0  # crops per forward pass when extracting features; 0 = auto (4 on a CPU, 64 on a GPU)
-    seed: int = 0
+    seed: int = 0  # validation split, batch order and head initialisation
     device: str = "auto"  # "auto" (GPU when there is one), "cpu" or "cuda"
 
     def __post_init__(self) -> None:
@@ -596,7 +598,7 @@ def train(crops_dir: str | Path, out: str | Path, config: TrainConfig | None = N
     config = config or TrainConfig()
     t_start = time.perf_counter()
     run = build_run(crops_dir, out, config, progress)
-    finish_commit(run.out, ModelConfig.load(run.out) if (run.out / "config.json").exists() else None)
+    finish_commit(run.out, _committed_config(run.out))
     state = resume_state(run) if resume else TrainState()
     epoch_seconds = []
     for epoch in tqdm(range(state.epoch + 1, config.epochs + 1), desc="epochs", unit="epoch", disable=None if progress else True,
@@ -616,6 +618,14 @@ def train(crops_dir: str | Path, out: str | Path, config: TrainConfig | None = N
             state.best_net = {k: v.detach().clone().cpu() for k, v in run.net.state_dict().items()}
         save_checkpoint(run, state)
     return write_model(run, state, sum(epoch_seconds), t_start)
+
+
+def _committed_config(folder: Path) -> ModelConfig | None:
+    """The folder's current model config, or None when there is none (or it is unreadable: it will be replaced)."""
+    try:
+        return ModelConfig.load(folder)
+    except DataError:
+        return None
 
 
 def write_model(run: TrainRun, state: TrainState, epoch_seconds: float, t_start: float) -> dict[str, Any]:
