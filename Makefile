@@ -1,7 +1,8 @@
 # rcnn: set up, test, and run the whole R-CNN pipeline.
 #   make demo                      install, then run the pipeline on the built-in synthetic dataset
 #   make test                      install, then run the test suite
-#   make pipeline DATA=<voc dir> OUT=<dir> [BACKBONE=efficientnet_lite0] [EPOCHS=10] ...
+#   make pipeline DATA=<voc dir> OUT=<dir> [BACKBONE=...] [EPOCHS=...] [EXTRA="--hflip ..."]
+#                                  (settings not given keep the defaults `rcnn pipeline --help` shows)
 #                                  (without DATA: a synthetic dataset generated in data/synth)
 PYTHON   ?= python3
 PIP      := $(PYTHON) -m pip
@@ -12,16 +13,14 @@ STAMP    := .make/installed
 
 DATA     ?= data/synth
 OUT      ?= runs/pipeline
-BACKBONE ?= efficientnet_lite0
-EPOCHS   ?= 10
-SIZE     ?= 224
-MODE     ?= fast
-MAX_SIDE ?= 300
-WORKERS  ?= 0
-PROPOSALS ?= 2000
-DETECT_PROPOSALS ?= 500
-NEG_PER_IMAGE ?= 64
-THRESHOLD ?= 0.3
+# Pipeline settings have their defaults in the library (`rcnn pipeline --help` lists them). A variable
+# below is forwarded only when given on the make command line (make pipeline BACKBONE=mobilenet_v2),
+# never from the environment; EXTRA passes any other option through.
+given = $(if $(and $(filter command line,$(origin $(1))),$($(1))),$(2) $($(1)))
+PIPELINE_FLAGS = $(call given,BACKBONE,--backbone) $(call given,EPOCHS,--epochs) $(call given,SIZE,--size) \
+	$(call given,MODE,--mode) $(call given,MAX_SIDE,--max-side) $(call given,WORKERS,--workers) \
+	$(call given,PROPOSALS,--max-proposals) $(call given,DETECT_PROPOSALS,--detect-proposals) \
+	$(call given,NEG_PER_IMAGE,--neg-per-image) $(call given,THRESHOLD,--threshold)
 EXTRA    ?=
 
 .PHONY: install test test-fast demo pipeline bench clean
@@ -44,10 +43,7 @@ demo: $(STAMP)
 
 pipeline: $(STAMP)
 	@[ "$(DATA)" != data/synth ] || [ -d data/synth/Annotations ] || $(PYTHON) -m rcnn.cli synth data/synth --images 60
-	$(PYTHON) -m rcnn.cli pipeline "$(DATA)" --out "$(OUT)" --backbone $(BACKBONE) --epochs $(EPOCHS) \
-		--size $(SIZE) --mode $(MODE) --max-side $(MAX_SIDE) --workers $(WORKERS) \
-		--max-proposals $(PROPOSALS) --detect-proposals $(DETECT_PROPOSALS) \
-		--neg-per-image $(NEG_PER_IMAGE) --threshold $(THRESHOLD) $(EXTRA)
+	$(PYTHON) -m rcnn.cli pipeline "$(DATA)" --out "$(OUT)" $(strip $(PIPELINE_FLAGS)) $(EXTRA)
 
 bench: $(STAMP)
 	$(PYTHON) bench/core.py

@@ -23,17 +23,19 @@ import torch
 from common import raccoon_dataset
 
 from rcnn.backbones import build_backbone
+from rcnn.crop import CropConfig
 from rcnn.detect import DetectConfig, detect_image, model_propose_config, score_regions
 from rcnn.io import load_rgb
-from rcnn.model import LoadedModel, RegionClassifier, auto_batch_size, load_model
+from rcnn.model import LoadedModel, ModelConfig, RegionClassifier, auto_batch_size, load_model
 from rcnn.propose import ProposeConfig, selective_search
 
 
 def untrained(size: int = 224) -> LoadedModel:
     b = build_backbone("efficientnet_lite0", "imagenet")
     net = RegionClassifier(b, 2).eval().to(memory_format=torch.channels_last)
-    cfg = {"crop": {"size": size, "context": 16}, "propose": {}}
-    return LoadedModel(net, ["background", "raccoon"], size, b.mean, b.std, cfg)
+    cfg = ModelConfig(classes=["background", "raccoon"], backbone=b.name, input_size=size, mean=b.mean, std=b.std,
+                      crop=CropConfig(size=size, context=16))
+    return LoadedModel(net, cfg)
 
 
 def main() -> None:
@@ -66,7 +68,7 @@ def main() -> None:
     assert max_diff < 1e-4, max_diff
 
     # 2. the reference pipeline's settings against our defaults, whole images
-    ref_cfg = DetectConfig(threshold=0.8, max_proposals=2000, batch_size=1,
+    ref_cfg = DetectConfig(threshold=0.8, score_proposals=2000, forward_batch=1,
                            propose=ProposeConfig(mode="quality", max_side=0, max_proposals=2000))
     t = time.perf_counter()
     for img in images:
@@ -76,7 +78,7 @@ def main() -> None:
     for img in images:
         detect_image(ours, img, DetectConfig())
     t_ours = (time.perf_counter() - t) / len(images)
-    print(f"reference settings: {t_ref:.2f} s/image; our defaults ({ours.input_size} px, {DetectConfig().max_proposals} "
+    print(f"reference settings: {t_ref:.2f} s/image; our defaults ({ours.input_size} px, {DetectConfig().score_proposals} "
           f"proposals, batch {auto_batch_size(ours.device)}): {t_ours:.2f} s/image")
     print(f"images={len(images)} batched_vs_single={t_single / t_batch:.2f}x max_score_diff={max_diff:.1e} "
           f"speedup_vs_reference={t_ref / t_ours:.1f}x")

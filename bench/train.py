@@ -19,9 +19,9 @@ from common import raccoon_dataset
 
 from rcnn.backbones import build_backbone
 from rcnn.crop import crop_dataset
-from rcnn.model import RegionClassifier, auto_batch_size, preprocess
+from rcnn.model import RegionClassifier, auto_batch_size
 from rcnn.propose import propose_dataset
-from rcnn.train import RegionSet, balanced_batches, extract_features
+from rcnn.train import Preprocess, RegionSet, balanced_batches, extract_features
 
 
 def main() -> None:
@@ -57,8 +57,9 @@ def main() -> None:
 
         t = time.perf_counter()
         chunk = auto_batch_size("cpu")  # forward passes in the measured-fastest batch size, for both paths
-        feats = torch.from_numpy(extract_features(net, regions, np.arange(len(regions.labels)), backbone.mean, backbone.std,
-                                                  size, chunk, torch.device("cpu"), progress=False))
+        prep = Preprocess(backbone.mean, backbone.std, size, torch.device("cpu"))
+        feats = torch.from_numpy(extract_features(net.backbone, regions, np.arange(len(regions.labels)), prep, chunk,
+                                                  progress=False))
         t_extract = time.perf_counter() - t
         cached = []
         for _ in range(3):
@@ -72,7 +73,7 @@ def main() -> None:
         t = time.perf_counter()
         for idx in batches[:n]:
             with torch.no_grad():
-                x = torch.cat([net.backbone(preprocess(regions.crops(idx[s : s + chunk]), backbone.mean, backbone.std, size))
+                x = torch.cat([net.backbone(prep(regions.crops(idx[s : s + chunk])))
                                for s in range(0, len(idx), chunk)])
             step(x, idx)
         t_uncached = (time.perf_counter() - t) / n * len(batches)

@@ -7,7 +7,10 @@ invalid option values become a usage error and exit 2. No tracebacks.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -18,7 +21,7 @@ import click
 
 from . import __version__
 from .errors import RcnnError
-from .io import check_output_file, output_dir, print_err as warn
+from .io import check_output_file, print_err as warn
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -70,6 +73,118 @@ def main() -> None:
     """R-CNN object detection for Pascal VOC datasets: parse → propose → crop → train → detect → evaluate."""
 
 
+# --------------------------------------------------------------------------- options that set library settings
+
+
+def resolve(ref: str) -> Any:
+    """The object ``"module:name"`` of the rcnn package, imported on first use: a command
+    imports only what it runs (``rcnn parse`` never imports torch)."""
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+
+
+def library_default(ref: str, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``ref``, or of parameter ``name`` of the function ``ref``."""
+    obj = resolve(ref)
+    if dataclasses.is_dataclass(obj):
+        f = next(f for f in dataclasses.fields(obj) if f.name == name)
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    return inspect.signature(obj).parameters[name].default
+
+
+class LibraryOption(click.Option):
+    """An option that sets one library setting: a dataclass field or a function parameter, named by the option's dest.
+
+    Its value is None unless given, so the library's own default applies, and ``--help`` shows that default:
+    it is written once, in the library.
+    """
+
+    def __init__(self, *args: Any, source: str, default_text: str | None = None, **kwargs: Any) -> None:
+        self.source = source  # "module:DataclassOrFunction"
+        self.default_text = default_text  # what --help says instead, where the default is not the library's
+        super().__init__(*args, default=None, **kwargs)
+
+    @property
+    def library_default(self) -> Any:
+        return library_default(self.source, self.name or "")
+
+    @property  # Click reads it only to write --help
+    def show_default(self) -> str | bool:
+        if self.is_flag and not self.secondary_opts:
+            return False  # a one-sided flag is off unless given; its help says what giving it does
+        if self.default_text:
+            return self.default_text
+        value = self.library_default
+        if self.is_flag:
+            return (self.opts if value else self.secondary_opts)[0].lstrip("-")
+        return str(value)
+
+    @show_default.setter
+    def show_default(self, value: Any) -> None:
+        pass  # Click sets it in __init__; the default comes from the library
+
+    def get_help_extra(self, ctx: click.Context) -> Any:
+        extra = super().get_help_extra(ctx)
+        if self.show_default:
+            extra["default"] = self.show_default  # as the library writes it (Click would add parentheses)
+        return extra
+
+
+class RegistryChoice(click.Choice):
+    """The names of a registry (``"backbones:BACKBONES"``), read when first needed: registering adds a choice."""
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(resolve(self.ref))
+
+    @choices.setter
+    def choices(self, value: Any) -> None:
+        pass
+
+
+def option_for(source: str, name: str, *decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``click.option(*decls)`` for the setting ``name`` of ``source`` (``"module:DataclassOrFunction"``).
+
+    Examples: ``option_for("train:TrainConfig", "epochs", "--epochs", type=click.IntRange(1), help=...)``;
+    a flag that turns a default True off: ``option_for("detect:DetectConfig", "box_regression",
+    "--no-box-regression", is_flag=True, flag_value=False, help=...)``.
+    """
+    return click.option(*decls, name, cls=LibraryOption, source=source, **kwargs)
+
+
+def configured(base: Any, options: dict[str, Any]) -> Any:
+    """``base`` (a settings dataclass) with each of its fields that ``options`` sets replaced, and validated again."""
+    names = {f.name for f in dataclasses.fields(base)}
+    return dataclasses.replace(base, **{k: v for k, v in options.items() if k in names and v is not None})
+
+
+def given(options: dict[str, Any], *names: str) -> dict[str, Any]:
+    """The ``options`` the user gave (of ``names``, when named): what to pass on as keyword arguments."""
+    return {k: v for k, v in options.items() if v is not None and (not names or k in names)}
+
+
+def csv_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """Click callback: "cat, dog" -> ["cat", "dog"]."""
+    return split_csv(value)
+
+
+def apply(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """One decorator applying ``decorators`` in the order written (as if stacked in that order)."""
+    def decorate(fn: Any) -> Any:
+        return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
+    return decorate
+
+
+PROPOSE = "propose:ProposeConfig"
+CROP = "crop:CropConfig"
+TRAIN = "train:TrainConfig"
+DETECT = "detect:DetectConfig"
+PIPELINE = "pipeline:PipelineConfig"
+
 # --------------------------------------------------------------------------- parse
 
 
@@ -78,22 +193,22 @@ def main() -> None:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the parsed records (JSON).")
 @click.option("--annotations", type=EXISTING_DIR, help="Folder of VOC XML files (overrides the layout of DATA).")
 @click.option("--images", type=EXISTING_DIR, help="Folder of images (overrides the layout of DATA).")
-@click.option("--classes", help="Comma-separated class names to keep, e.g. cat,dog (default: all).")
-@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, help="Test share of the deterministic split, used when the dataset has no ImageSets/Main split files.")
-@click.option("--seed", type=int, default=0, help="Seed of the deterministic split.")
+@click.option("--classes", callback=csv_list, help="Comma-separated class names to keep, e.g. cat,dog (default: all).")
+@option_for("parse:parse_dataset", "test_fraction", "--test-fraction", type=click.FloatRange(0, 1, max_open=True), help="Test share of the deterministic split, used when the dataset has no ImageSets/Main split files.")
+@option_for("parse:parse_dataset", "seed", "--seed", type=int, help="Seed of the deterministic split.")
 @click.option("--strict", is_flag=True, help="Stop at the first file that must be skipped.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the summary, not each warning.")
 @handle_errors
-def parse(data: Path | None, out: Path, annotations: Path | None, images: Path | None, classes: str | None,
-          test_fraction: float, seed: int, strict: bool, quiet: bool) -> None:
+def parse(data: Path | None, out: Path, annotations: Path | None, images: Path | None, classes: list[str] | None,
+          strict: bool, quiet: bool, **options: Any) -> None:
     """Read a Pascal VOC dataset DATA into clean records (one JSON file)."""
     from .parse import format_summary, parse_dataset
 
     if data is None and (annotations is None or images is None):
         raise click.UsageError("give DATA, or both --annotations and --images")
     check_output_file(out)
-    ds = parse_dataset(data, annotations_dir=annotations, images_dir=images, classes=split_csv(classes),
-                       test_fraction=test_fraction, seed=seed, strict=strict, progress=True)
+    ds = parse_dataset(data, annotations_dir=annotations, images_dir=images, classes=classes, strict=strict,
+                       progress=True, **given(options))
     for p in ds.problems:
         if p.level == "error" or not quiet:
             click.echo(str(p), err=True)
@@ -111,59 +226,51 @@ def parse(data: Path | None, out: Path, annotations: Path | None, images: Path |
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--images", "n_images", type=click.IntRange(1), default=40, help="Number of images.")
-@click.option("--seed", type=int, default=0, help="Random seed.")
-@click.option("--width", type=click.IntRange(64), default=320, help="Image width in pixels.")
-@click.option("--height", type=click.IntRange(64), default=240, help="Image height in pixels.")
+@option_for("synth:make_dataset", "images", "--images", type=click.IntRange(1), help="Number of images.")
+@option_for("synth:make_dataset", "seed", "--seed", type=int, help="Random seed.")
+@option_for("synth:make_dataset", "width", "--width", type=click.IntRange(64), help="Image width in pixels.")
+@option_for("synth:make_dataset", "height", "--height", type=click.IntRange(64), help="Image height in pixels.")
 @handle_errors
-def synth(out: Path, n_images: int, seed: int, width: int, height: int) -> None:
+def synth(out: Path, **options: Any) -> None:
     """Write a small synthetic VOC dataset (discs and squares) to OUT."""
     from .synth import make_dataset
 
-    make_dataset(out, images=n_images, seed=seed, width=width, height=height)
+    make_dataset(out, **given(options))
+    n_images = options["images"] or library_default("synth:make_dataset", "images")
     click.echo(f"{n_images} images written to {out}")
 
 
 # --------------------------------------------------------------------------- propose
 
-
-def propose_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Selective-search options shared by `propose`, `detect` and `pipeline`."""
-    for opt in reversed([
-        click.option("--mode", type=click.Choice(["fast", "quality"]), default=None, help="Selective-search strategy [default: fast]."),
-        click.option("--max-side", type=click.IntRange(0), default=None, help="Run selective search on a copy whose long side is at most N pixels; 0 = full size [default: 300]."),
-        click.option("--max-proposals", type=click.IntRange(1), default=None, help="Keep at most N proposals per image [default: 2000]."),
-        click.option("--min-size", type=click.IntRange(0), default=None, help="Drop proposals narrower or shorter than N pixels [default: 10]."),
-    ]):
-        fn = opt(fn)
-    return fn
-
-
-def propose_config(base: Any = None, **overrides: Any) -> Any:
-    from dataclasses import replace
-
-    from .propose import ProposeConfig
-
-    base = base or ProposeConfig()
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+def propose_options(default_text: str | None = None) -> Callable[[Any], Any]:
+    """Selective-search options of `propose`, `pipeline` and (``default_text``: the model's settings) `detect`."""
+    return apply(
+        option_for(PROPOSE, "mode", "--mode", type=RegistryChoice("propose:MODES"), default_text=default_text,
+                   help="Selective-search strategy."),
+        option_for(PROPOSE, "max_side", "--max-side", type=click.IntRange(0), default_text=default_text,
+                   help="Run selective search on a copy whose long side is at most N pixels; 0 = full size."),
+        option_for(PROPOSE, "max_proposals", "--max-proposals", type=click.IntRange(1), default_text=default_text,
+                   help="Keep at most N proposals per image."),
+        option_for(PROPOSE, "min_size", "--min-size", type=click.IntRange(0), default_text=default_text,
+                   help="Drop proposals narrower or shorter than N pixels."),
+    )
 
 
 @main.command()
 @click.argument("parsed", type=EXISTING_FILE)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Proposals folder (re-runs reuse what it holds).")
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="all", help="Which images to process.")
-@propose_options
-@click.option("--seed", type=int, default=0, help="Seed of the proposal order (libc rand, used by OpenCV).")
-@click.option("--workers", type=click.IntRange(0), default=0, help="Processes; 0 = one per CPU core.")
+@propose_options()
+@option_for(PROPOSE, "seed", "--seed", type=int, help="Seed of the proposal order (libc rand, used by OpenCV).")
+@option_for("propose:propose_dataset", "workers", "--workers", type=click.IntRange(0), help="Processes; 0 = one per CPU core.")
 @handle_errors
-def propose(parsed: Path, out: Path, split: str, mode: str | None, max_side: int | None, max_proposals: int | None,
-            min_size: int | None, seed: int, workers: int) -> None:
+def propose(parsed: Path, out: Path, split: str, **options: Any) -> None:
     """Selective-search region proposals for the images of PARSED (from `rcnn parse`)."""
     from .parse import Dataset
-    from .propose import format_report, propose_dataset
+    from .propose import ProposeConfig, format_report, propose_dataset
 
-    config = propose_config(mode=mode, max_side=max_side, max_proposals=max_proposals, min_size=min_size, seed=seed)
-    report = propose_dataset(Dataset.load(parsed), out, config, split=split, workers=workers, echo=click.echo, warn=warn)
+    report = propose_dataset(Dataset.load(parsed), out, configured(ProposeConfig(), options), split=split,
+                             echo=click.echo, warn=warn, **given(options, "workers"))
     click.echo(format_report(report))
     click.echo(f"proposals saved to {out}")
 
@@ -176,93 +283,84 @@ def propose(parsed: Path, out: Path, split: str, mode: str | None, max_side: int
 @click.argument("proposals", type=EXISTING_DIR)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Region-set folder (re-runs reuse finished images).")
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", help="Which images to use.")
-@click.option("--pos-iou", type=click.FloatRange(0, 1, min_open=True), default=0.5, help="A region is an object at IoU >= this with a ground-truth box.")
-@click.option("--neg-iou", type=click.FloatRange(0, 1), default=0.5, help="A region is background below this IoU; regions in between are ignored.")
-@click.option("--neg-per-image", type=click.IntRange(-1), default=64, help="Background regions sampled per image (every positive is kept); -1 keeps all.")
-@click.option("--size", type=click.IntRange(8), default=224, help="Side of the warped crops in pixels.")
-@click.option("--context", type=click.IntRange(0), default=16, help="Pixels of surrounding image kept around each region at that size (R-CNN: 16).")
-@click.option("--codec", type=click.Choice(["jpeg", "png"]), default="jpeg", help="How crops are stored: jpeg (quality 95, small) or png (lossless).")
+@option_for(CROP, "pos_iou", "--pos-iou", type=click.FloatRange(0, 1, min_open=True), help="A region is an object at IoU >= this with a ground-truth box.")
+@option_for(CROP, "neg_iou", "--neg-iou", type=click.FloatRange(0, 1), help="A region is background below this IoU; regions in between are ignored.")
+@option_for(CROP, "neg_per_image", "--neg-per-image", type=click.IntRange(-1), help="Background regions sampled per image (every positive is kept); -1 keeps all.")
+@option_for(CROP, "size", "--size", type=click.IntRange(8), help="Side of the warped crops in pixels.")
+@option_for(CROP, "context", "--context", type=click.IntRange(0), help="Pixels of surrounding image kept around each region at that size (R-CNN: 16).")
+@option_for(CROP, "codec", "--codec", type=RegistryChoice("crop:CODECS"), help="How crops are stored: jpeg (quality 95, small) or png (lossless).")
 @click.option("--format", "fmt", type=click.Choice(["shards", "imagefolder"]), default="shards", help="imagefolder also writes a torchvision ImageFolder tree of files.")
-@click.option("--no-gt", is_flag=True, help="Do not add the ground-truth boxes themselves as positives.")
-@click.option("--seed", type=int, default=0, help="Background sampling seed.")
+@option_for(CROP, "include_gt", "--no-gt", is_flag=True, flag_value=False, help="Do not add the ground-truth boxes themselves as positives.")
+@option_for(CROP, "seed", "--seed", type=int, help="Background sampling seed.")
 @handle_errors
-def crop(parsed: Path, proposals: Path, out: Path, split: str, pos_iou: float, neg_iou: float, neg_per_image: int,
-         size: int, context: int, codec: str, fmt: str, no_gt: bool, seed: int) -> None:
+def crop(parsed: Path, proposals: Path, out: Path, split: str, fmt: str, **options: Any) -> None:
     """Label the proposals of PARSED by IoU and store the region training set."""
     from .crop import CropConfig, crop_dataset, format_report
     from .parse import Dataset
 
-    config = CropConfig(pos_iou=pos_iou, neg_iou=neg_iou, neg_per_image=neg_per_image, size=size, context=context,
-                        codec=codec, include_gt=not no_gt, seed=seed)
-    report = crop_dataset(Dataset.load(parsed), proposals, out, config, split=split, imagefolder=fmt == "imagefolder", warn=warn)
+    report = crop_dataset(Dataset.load(parsed), proposals, out, configured(CropConfig(), options), split=split,
+                          imagefolder=fmt == "imagefolder", warn=warn)
     click.echo(format_report(report))
     click.echo(f"region set saved to {out}")
 
 
 # --------------------------------------------------------------------------- train
 
+BACKBONE = option_for(TRAIN, "backbone", "--backbone", type=RegistryChoice("backbones:BACKBONES"),
+                      help="Feature extractor, registered in rcnn/backbones.py (efficientnet_lite0's ImageNet weights work offline).")
+
 
 @main.command("train")
 @click.argument("crops", type=EXISTING_DIR)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder to write.")
-@click.option("--backbone", type=click.Choice(["mobilenet_v2", "efficientnet_lite0"]), default="mobilenet_v2", help="Feature extractor (efficientnet_lite0 has ImageNet weights that work offline).")
-@click.option("--weights", default="imagenet", help="imagenet, none (random), or a path to a state dict.")
-@click.option("--freeze-backbone/--fine-tune", default=True, help="Train only the head on cached features (default), or the whole network.")
-@click.option("--epochs", type=click.IntRange(1), default=10, help="Training epochs.")
-@click.option("--batch-size", type=click.IntRange(2), default=128, help="Regions per batch.")
-@click.option("--fg-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, help="Share of object regions in each batch (R-CNN used 32 of 128 = 0.25).")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", help="SGD with momentum 0.9, or Adam.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="Learning rate.")
-@click.option("--class-weights", default="auto", help="auto (inverse frequency from the crop metadata), none, or one number per class: w_background,w_1,...")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, help="Share of images held out for validation.")
-@click.option("--hflip", is_flag=True, help="Horizontal-flip augmentation (cached too when the backbone is frozen).")
-@click.option("--input-size", type=click.IntRange(0, 1024), default=0, help="Network input side in pixels; 0 = the crop size.")
-@click.option("--seed", type=int, default=0, help="Random seed (split, batches, initialisation).")
-@click.option("--device", default="auto", help="auto (GPU when there is one), cpu or cuda.")
+@BACKBONE
+@option_for(TRAIN, "weights", "--weights", help="imagenet, none (random), or a path to a state dict.")
+@option_for(TRAIN, "freeze_backbone", "--freeze-backbone/--fine-tune", help="Train only the head on cached features, or the whole network.")
+@option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), help="Training epochs.")
+@option_for(TRAIN, "batch_size", "--batch-size", type=click.IntRange(2), help="Regions per training batch.")
+@option_for(TRAIN, "fg_fraction", "--fg-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of object regions in each batch (R-CNN used 32 of 128 = 0.25).")
+@option_for(TRAIN, "optimizer", "--optimizer", type=RegistryChoice("train:OPTIMIZERS"), help="SGD with momentum 0.9, or Adam.")
+@option_for(TRAIN, "lr", "--lr", type=click.FloatRange(0, min_open=True), help="Learning rate.")
+@option_for(TRAIN, "class_weights", "--class-weights", help="auto (inverse frequency from the crop metadata), none, or one number per class: w_background,w_1,...")
+@option_for(TRAIN, "val_fraction", "--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of images held out for validation.")
+@option_for(TRAIN, "hflip", "--hflip", is_flag=True, help="Horizontal-flip augmentation (cached too when the backbone is frozen).")
+@option_for(TRAIN, "input_size", "--input-size", type=click.IntRange(0, 1024), help="Network input side in pixels; 0 = the crop size.")
+@option_for(TRAIN, "seed", "--seed", type=int, help="Random seed (split, batches, initialisation).")
+@option_for(TRAIN, "device", "--device", help="auto (GPU when there is one), cpu or cuda.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/checkpoint.pt.")
 @handle_errors
-def train_cmd(crops: Path, out: Path, backbone: str, weights: str, freeze_backbone: bool, epochs: int, batch_size: int,
-              fg_fraction: float, optimizer: str, lr: float, class_weights: str, val_fraction: float, hflip: bool,
-              input_size: int, seed: int, device: str, resume: bool) -> None:
+def train_cmd(crops: Path, out: Path, resume: bool, **options: Any) -> None:
     """Train the region classifier on the region set CROPS (from `rcnn crop`)."""
     from .train import TrainConfig, format_report, train
 
-    config = TrainConfig(backbone=backbone, weights=weights, freeze_backbone=freeze_backbone, epochs=epochs,
-                         batch_size=batch_size, fg_fraction=fg_fraction, optimizer=optimizer, lr=lr,
-                         class_weights=class_weights, val_fraction=val_fraction, hflip=hflip, input_size=input_size,
-                         seed=seed, device=device)
-    report = train(crops, out, config, resume=resume)
+    report = train(crops, out, configured(TrainConfig(), options), resume=resume)
     click.echo(format_report(report))
     click.echo(f"model saved to {out}")
 
 
 # --------------------------------------------------------------------------- detect
 
-
-def detect_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Detection options shared by `detect`, `evaluate` and `pipeline`."""
-    for opt in reversed([
-        click.option("--threshold", type=click.FloatRange(0, 1), default=0.3, help="Keep class scores at or above this (the reference pipeline used 0.8)."),
-        click.option("--nms-iou", type=click.FloatRange(0, 1, min_open=True), default=0.3, help="Class-wise NMS IoU (R-CNN: 0.3)."),
-        click.option("--vote-iou", type=click.FloatRange(0, 1), default=0.5, help="Box voting after NMS: average each kept box with same-class boxes overlapping it at this IoU, by score; 0 = off."),
-        click.option("--no-box-regression", is_flag=True, help="Do not refine boxes with the model's box regressor."),
-        click.option("--max-detections", type=click.IntRange(1), default=100, help="At most N boxes per image, best first."),
-        click.option("--detect-proposals", "detect_proposals", type=click.IntRange(1), default=500, help="Score the first N proposals of each image."),
-        click.option("--batch-size", type=click.IntRange(0), default=0, help="Crops per forward pass; 0 = auto (4 on a CPU, measured fastest on 2 cores; 64 on a GPU)."),
-        click.option("--device", default="auto", help="auto (GPU when there is one), cpu or cuda."),
-    ]):
-        fn = opt(fn)
-    return fn
+detect_options = apply(
+    option_for(DETECT, "threshold", "--threshold", type=click.FloatRange(0, 1), help="Keep class scores at or above this (the reference pipeline used 0.8)."),
+    option_for(DETECT, "nms_iou", "--nms-iou", type=click.FloatRange(0, 1, min_open=True), help="Class-wise NMS IoU (R-CNN: 0.3)."),
+    option_for(DETECT, "vote_iou", "--vote-iou", type=click.FloatRange(0, 1), help="Box voting after NMS: average each kept box with same-class boxes overlapping it at this IoU, by score; 0 = off."),
+    option_for(DETECT, "box_regression", "--no-box-regression", is_flag=True, flag_value=False, help="Do not refine boxes with the model's box regressor."),
+    option_for(DETECT, "max_detections", "--max-detections", type=click.IntRange(1), help="At most N boxes per image, best first."),
+    option_for(DETECT, "score_proposals", "--detect-proposals", type=click.IntRange(1), help="Score the first N proposals of each image."),
+    option_for(DETECT, "forward_batch", "--forward-batch", type=click.IntRange(0), help="Crops per forward pass; 0 = auto (4 on a CPU, measured fastest on 2 cores; 64 on a GPU)."),
+    click.option("--batch-size", "batch_size", type=click.IntRange(0), hidden=True,
+                 deprecated="--batch-size meant crops per forward pass here; use --forward-batch"),
+    option_for(DETECT, "device", "--device", help="auto (GPU when there is one), cpu or cuda."),
+)
 
 
-def make_detect_config(model: Any, threshold: float, nms_iou: float, vote_iou: float, no_box_regression: bool,
-                       max_detections: int, detect_proposals: int, batch_size: int, draw_threshold: float = 0.5,
-                       **propose: Any) -> Any:
-    from .detect import DetectConfig, model_propose_config
-
-    return DetectConfig(threshold=threshold, nms_iou=nms_iou, vote_iou=vote_iou, box_regression=not no_box_regression,
-                        max_detections=max_detections, max_proposals=detect_proposals, batch_size=batch_size,
-                        draw_threshold=draw_threshold, propose=propose_config(model_propose_config(model), **propose))
+def detect_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the old ``--batch-size`` of detection moved to ``forward_batch`` (``--forward-batch`` wins)."""
+    options = dict(options)
+    old = options.pop("batch_size", None)
+    if options.get("forward_batch") is None:
+        options["forward_batch"] = old
+    return options
 
 
 @main.command("detect")
@@ -271,27 +369,24 @@ def make_detect_config(model: Any, threshold: float, nms_iou: float, vote_iou: f
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/detect/predict, auto-numbered].")
 @click.option("--name", default="predict", help="Run name under runs/detect when --out is not given.")
 @detect_options
-@propose_options
+@propose_options(default_text="as the model was trained")
 @click.option("--proposals", type=EXISTING_DIR, help="Reuse this folder of `rcnn propose` instead of running selective search.")
-@click.option("--draw-threshold", type=click.FloatRange(0, 1), default=0.5, help="Annotated images show only detections scoring at least this; the JSON/CSV keep all.")
+@option_for(DETECT, "draw_threshold", "--draw-threshold", type=click.FloatRange(0, 1), help="Annotated images show only detections scoring at least this; the JSON/CSV keep all.")
 @click.option("--save-xml", is_flag=True, help="Also write VOC XML per image (for annotation tools).")
 @click.option("--no-images", is_flag=True, help="Do not write annotated images.")
 @handle_errors
-def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name: str, threshold: float, nms_iou: float,
-               vote_iou: float, no_box_regression: bool, max_detections: int, detect_proposals: int, batch_size: int, device: str, mode: str | None,
-               max_side: int | None, max_proposals: int | None, min_size: int | None, proposals: Path | None,
-               draw_threshold: float, save_xml: bool, no_images: bool) -> None:
+def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name: str, proposals: Path | None,
+               save_xml: bool, no_images: bool, **options: Any) -> None:
     """Detect objects in INPUTS (image files, folders or globs) with the model in MODEL_DIR."""
-    from .detect import detect, next_run_dir
+    from .detect import DetectConfig, detect, model_propose_config, next_run_dir
     from .model import load_model
 
-    model = load_model(model_dir, device)
-    config = make_detect_config(model, threshold, nms_iou, vote_iou, no_box_regression, max_detections, detect_proposals,
-                                batch_size, draw_threshold, mode=mode,
-                                max_side=max_side, max_proposals=max_proposals, min_size=min_size)
-    run = out or next_run_dir("runs/detect", name)
-    detect(model, list(inputs), run, config, save_images=not no_images, save_xml=save_xml, proposals=proposals,
-           echo=click.echo, warn=warn)
+    config = configured(DetectConfig(), detect_settings(options))
+    model = load_model(model_dir, config.device)
+    # selective search as the model was trained, with the options given on top
+    config = dataclasses.replace(config, propose=configured(model_propose_config(model), options))
+    detect(model, list(inputs), out or next_run_dir("runs/detect", name), config, save_images=not no_images,
+           save_xml=save_xml, proposals=proposals, echo=click.echo, warn=warn)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -304,8 +399,7 @@ def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Report file [default: beside DETECTIONS, evaluation.json].")
 @detect_options
 @handle_errors
-def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, threshold: float, nms_iou: float,
-                 vote_iou: float, no_box_regression: bool, max_detections: int, detect_proposals: int, batch_size: int, device: str) -> None:
+def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, **options: Any) -> None:
     """Score DETECTIONS (detections.json, or a model folder to run) against the annotations in PARSED."""
     import json
 
@@ -316,10 +410,12 @@ def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, t
     if out is not None:
         check_output_file(out, (detections, parsed))
     if detections.is_dir():  # a model folder: detect on the split first, into a folder of its own
+        from .detect import DetectConfig
+
         run = out.with_name(out.stem + "_detect") if out else detections / "eval"
-        detections = evaluate_model(detections, dataset, split, run, device, threshold=threshold, nms_iou=nms_iou,
-                                    vote_iou=vote_iou, box_regression=not no_box_regression, max_detections=max_detections,
-                                    max_proposals=detect_proposals, batch_size=batch_size, echo=click.echo, warn=warn)
+        config = configured(DetectConfig(), detect_settings(options))
+        # every DetectConfig field by name: `device` loads the model, the rest configure detection
+        detections = evaluate_model(detections, dataset, split, run, echo=click.echo, warn=warn, **vars(config))
     out = check_output_file(out or detections.parent / "evaluation.json", (detections, parsed))
     plot = check_output_file(out.with_suffix(".pr.png"), (detections, parsed), "the precision-recall plot")
     report = evaluate(load_detections(detections), dataset, split, plot=plot)
@@ -332,68 +428,47 @@ def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, t
 # --------------------------------------------------------------------------- pipeline
 
 
+def echo_result(report: Any, out: Path) -> None:
+    """The last lines of `rcnn pipeline` and `rcnn demo`."""
+    click.echo(f"\nmAP@0.5 {report.map50}  mAP@[.5:.95] {report.map50_95}  on {report.n_test_images} test images")
+    click.echo(f"annotated images: {out / 'detect'}   metrics: {out / 'metrics.json'}")
+
+
 @main.command("pipeline")
 @click.argument("data", type=EXISTING_DIR)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for every stage's output and metrics.json.")
-@click.option("--classes", help="Comma-separated class names to keep (default: all).")
-@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, help="Test share when the dataset has no ImageSets split files.")
-@click.option("--backbone", type=click.Choice(["mobilenet_v2", "efficientnet_lite0"]), default="efficientnet_lite0", help="Feature extractor (efficientnet_lite0 works offline).")
-@click.option("--weights", default="imagenet", help="imagenet, none, or a path to a state dict.")
-@click.option("--epochs", type=click.IntRange(1), default=10, help="Training epochs.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", help="Training optimiser.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="Learning rate.")
-@click.option("--hflip", is_flag=True, help="Horizontal-flip augmentation.")
-@click.option("--size", type=click.IntRange(8), default=224, help="Crop side in pixels (also the network input).")
-@click.option("--neg-per-image", type=click.IntRange(-1), default=64, help="Background regions sampled per training image.")
-@click.option("--workers", type=click.IntRange(0), default=0, help="Selective-search processes; 0 = one per core.")
-@propose_options
+@click.option("--classes", callback=csv_list, help="Comma-separated class names to keep (default: all).")
+@option_for(PIPELINE, "test_fraction", "--test-fraction", type=click.FloatRange(0, 1, max_open=True), help="Test share when the dataset has no ImageSets split files.")
+@BACKBONE
+@option_for(TRAIN, "weights", "--weights", help="imagenet, none, or a path to a state dict.")
+@option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), help="Training epochs.")
+@option_for(TRAIN, "optimizer", "--optimizer", type=RegistryChoice("train:OPTIMIZERS"), help="Training optimiser.")
+@option_for(TRAIN, "lr", "--lr", type=click.FloatRange(0, min_open=True), help="Learning rate.")
+@option_for(TRAIN, "hflip", "--hflip", is_flag=True, help="Horizontal-flip augmentation.")
+@option_for(CROP, "size", "--size", type=click.IntRange(8), help="Crop side in pixels (also the network input).")
+@option_for(CROP, "neg_per_image", "--neg-per-image", type=click.IntRange(-1), help="Background regions sampled per training image.")
+@option_for(PIPELINE, "workers", "--workers", type=click.IntRange(0), help="Selective-search processes; 0 = one per core.")
+@propose_options()
 @detect_options
 @handle_errors
-def pipeline_cmd(data: Path, out: Path, classes: str | None, test_fraction: float, backbone: str, weights: str, epochs: int,
-                 optimizer: str, lr: float, hflip: bool, size: int, neg_per_image: int, workers: int, mode: str | None,
-                 max_side: int | None, max_proposals: int | None, min_size: int | None, threshold: float, nms_iou: float,
-                 vote_iou: float, no_box_regression: bool, max_detections: int, detect_proposals: int, batch_size: int,
-                 device: str) -> None:
+def pipeline_cmd(data: Path, out: Path, **options: Any) -> None:
     """Run parse → propose → crop → train → detect → evaluate on the VOC dataset DATA."""
-    from .crop import CropConfig
-    from .detect import DetectConfig
     from .pipeline import PipelineConfig, run_pipeline
-    from .train import TrainConfig
 
-    config = PipelineConfig(
-        classes=split_csv(classes), test_fraction=test_fraction, workers=workers,
-        propose=propose_config(mode=mode, max_side=max_side, max_proposals=max_proposals, min_size=min_size),
-        crop=CropConfig(size=size, neg_per_image=neg_per_image),
-        train=TrainConfig(backbone=backbone, weights=weights, epochs=epochs, optimizer=optimizer, lr=lr, hflip=hflip, device=device),
-        detect=DetectConfig(threshold=threshold, nms_iou=nms_iou, vote_iou=vote_iou, box_regression=not no_box_regression,
-                            max_detections=max_detections, max_proposals=detect_proposals, batch_size=batch_size),
-    )
-    metrics = run_pipeline(data, out, config, echo=click.echo)
-    click.echo(f"\nmAP@0.5 {metrics['map50']}  mAP@[.5:.95] {metrics['map50_95']}  on {metrics['n_test_images']} test images")
-    click.echo(f"annotated images: {out / 'detect'}   metrics: {out / 'metrics.json'}")
+    # each option goes to the stage settings with a field of its name (--device: training and detection)
+    config = PipelineConfig().with_settings(**detect_settings(options))
+    echo_result(run_pipeline(data, out, config, echo=click.echo, warn=warn), out)
 
 
 @main.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), help="Where the demo writes everything.")
-@click.option("--images", "n_images", type=click.IntRange(10), default=60, help="Synthetic images to generate.")
+@option_for("pipeline:run_demo", "images", "--images", type=click.IntRange(10), help="Synthetic images to generate.")
 @handle_errors
-def demo_cmd(out: Path, n_images: int) -> None:
+def demo_cmd(out: Path, **options: Any) -> None:
     """The built-in demo: a synthetic VOC dataset, then the whole pipeline on it (offline)."""
-    from .crop import CropConfig
-    from .pipeline import PipelineConfig, run_pipeline
-    from .synth import make_dataset
-    from .train import TrainConfig
+    from .pipeline import run_demo
 
-    output_dir(out, "pipeline")  # claim the folder before writing the dataset into it
-    data = out / "data"
-    if not (data / "Annotations").is_dir():
-        make_dataset(data, images=n_images, seed=0)
-        click.echo(f"synthetic dataset: {n_images} images of discs and squares in {data}")
-    config = PipelineConfig(crop=CropConfig(size=128, neg_per_image=32),
-                            train=TrainConfig(backbone="efficientnet_lite0", epochs=10))
-    metrics = run_pipeline(data, out, config, echo=click.echo)
-    click.echo(f"\nmAP@0.5 {metrics['map50']}  mAP@[.5:.95] {metrics['map50_95']}  on {metrics['n_test_images']} test images")
-    click.echo(f"annotated images: {out / 'detect'}   metrics: {out / 'metrics.json'}")
+    echo_result(run_demo(out, echo=click.echo, warn=warn, **given(options)), out)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,31 +20,19 @@ from .errors import DataError
 from .io import print_err, read_json, write_atomic, write_json
 from .parse import Annotation, Dataset
 
-METHODS = ("voc", "coco101")
-
-
-def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "voc") -> float:
-    """Area under a precision-recall curve.
+def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
+    """Area under a precision-recall curve, VOC all-point: the area under the monotone precision envelope.
 
     Args:
         recall, precision (ndarray[K]): cumulative values over detections sorted by descending score.
-        method: "voc" (all-point: the area under the monotone precision envelope) or
-            "coco101" (mean interpolated precision at recall 0, 0.01, ..., 1, as pycocotools).
     """
-    if method not in METHODS:
-        raise ValueError(f"'method={method}' is invalid; valid methods are {', '.join(METHODS)}")
     if len(recall) == 0:
         return 0.0
     mrec = np.concatenate([[0.0], recall, [1.0]])
     mpre = np.concatenate([[0.0], precision, [0.0]])
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # the precision envelope
-    if method == "voc":
-        i = np.flatnonzero(mrec[1:] != mrec[:-1])
-        return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
-    points = np.linspace(0.0, 1.0, 101)
-    idx = np.searchsorted(recall, points, side="left")
-    env = mpre[1:-1]
-    return float(np.mean(np.where(idx < len(recall), env[np.minimum(idx, len(recall) - 1)], 0.0)))
+    i = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
 def match_detections(det_boxes: np.ndarray, det_scores: np.ndarray, gt_boxes: np.ndarray, gt_difficult: np.ndarray,
@@ -193,7 +181,7 @@ def evaluate(detections: list[dict[str, Any]], dataset: Dataset, split: str = "t
     for c in classes:
         d, g = _group(dets, images, c)
         rec, prec, n_pos = class_pr(d, g, 0.5)
-        ap50[c] = round(average_precision(rec, prec, "voc"), 4) if n_pos else None  # no ground truth: AP undefined
+        ap50[c] = round(average_precision(rec, prec), 4) if n_pos else None  # no ground truth: AP undefined
         curves[c] = (rec, prec)
     valid = [v for v in ap50.values() if v is not None]
     coco = coco_map(dets, images, classes)

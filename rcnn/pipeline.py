@@ -7,8 +7,9 @@ with mAP, proposal recall, the number of test images and the seconds of each sta
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,12 @@ from .errors import DataError
 from .evaluate import evaluate, format_report as format_eval, load_detections
 from .io import output_dir, print_err, write_json
 from .model import load_model
-from .parse import format_summary, parse_dataset
-from .propose import ProposalSet, ProposeConfig, proposal_report, propose_dataset
+from .parse import Dataset, format_summary, parse_dataset
+from .propose import ProposalSet, ProposeConfig, proposal_report, propose_dataset, recall
+from .synth import make_dataset
 from .train import TrainConfig, format_report as format_train, train
+
+METRICS_FORMAT = "rcnn-metrics-v1"
 
 
 @dataclass
@@ -28,95 +32,180 @@ class PipelineConfig:
     """Settings of every stage; the defaults are the measured ones (see bench/)."""
 
     classes: list[str] | None = None  # keep only these classes (None: all)
-    test_fraction: float = 0.2  # used when the dataset has no ImageSets split files
-    seed: int = 0
+    test_fraction: float = 0.2  # test share of the seeded split, used when the dataset has no ImageSets split files
+    seed: int = 0  # seed of that split
     workers: int = 0  # selective-search processes; 0 = one per core
     propose: ProposeConfig = field(default_factory=ProposeConfig)
     crop: CropConfig = field(default_factory=CropConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(backbone="efficientnet_lite0"))
+    train: TrainConfig = field(default_factory=TrainConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+
+    def with_settings(self, **settings: Any) -> PipelineConfig:
+        """A copy with each setting given by field name, wherever that field is.
+
+        A name goes to this config's own field and to every stage config with a field of that
+        name (``device`` sets both ``train.device`` and ``detect.device``); None leaves a field as it is.
+
+        Raises:
+            ValueError: a name no config has, or a value a config refuses.
+        """
+        given = {k: v for k, v in settings.items() if v is not None}
+        stages = {f.name: getattr(self, f.name) for f in fields(self) if is_dataclass(getattr(self, f.name))}
+        names = {f.name for f in fields(self)} - set(stages)
+        updated = {name: _replace(cfg, given) for name, cfg in stages.items()}
+        unknown = set(given) - names - {f.name for cfg in stages.values() for f in fields(cfg)}
+        if unknown:
+            raise ValueError(f"unknown pipeline setting(s) {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in given.items() if k in names}, **updated)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stage settings as metrics.json records them (detection's proposals come from the propose stage)."""
+        return {"propose": asdict(self.propose), "crop": asdict(self.crop), "train": asdict(self.train),
+                "detect": {k: v for k, v in asdict(self.detect).items() if k != "propose"}}
+
+
+def _replace(config: Any, given: dict[str, Any]) -> Any:
+    """``config`` with the fields named in ``given`` replaced (and validated again)."""
+    mine = {f.name for f in fields(config)}
+    return replace(config, **{k: v for k, v in given.items() if k in mine})
+
+
+@dataclass
+class ProposalRecall:
+    """Proposal recall on the test split: of every stored proposal, and of the ones detection scores."""
+
+    recall50: float | None  # share of ground-truth boxes some proposal covers at IoU >= 0.5 (None: no boxes)
+    recall70: float | None
+    scored_recall50: float | None  # the same within the first DetectConfig.score_proposals of each image
+
+
+@dataclass
+class PipelineReport:
+    """What a run measured; :meth:`to_json` is ``metrics.json``."""
+
+    map50: float  # VOC mAP at IoU 0.5 on the test split
+    map50_95: float  # COCO mAP@[.5:.95] (pycocotools)
+    ap50: dict[str, float | None]  # per class; None: no ground truth
+    proposal_recall50: float | None
+    proposal_recall70: float | None
+    scored_proposal_recall50: float | None
+    n_test_images: int
+    n_train_images: int
+    val_recall: dict[str, float]  # the classifier on held-out training images
+    val_precision: dict[str, float]
+    detect_seconds_per_image: float  # scoring only: the proposals come from the propose stage
+    seconds: dict[str, float]  # stage -> seconds, and "total"
+    backbone: str
+    config: dict[str, Any]  # PipelineConfig.to_json()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": METRICS_FORMAT, **asdict(self)}
+
+
+class StageTimer:
+    """Announces each stage through ``echo`` and records its seconds."""
+
+    def __init__(self, echo: Callable[[str], Any]) -> None:
+        self.echo = echo
+        self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.echo(f"\n== {name} ==")
+        t = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - t, 2)
+
+    def total(self) -> dict[str, float]:
+        """Seconds per stage, plus the whole run's as ``total``."""
+        return {**self.seconds, "total": round(time.perf_counter() - self.start, 2)}
 
 
 def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | None = None,
-                 echo: Callable[[str], Any] = print, warn: Callable[[str], Any] = print_err) -> dict[str, Any]:
-    """Run every stage on the VOC dataset ``data`` into ``out``; returns the metrics."""
+                 echo: Callable[[str], Any] = print, warn: Callable[[str], Any] = print_err) -> PipelineReport:
+    """Run every stage on the VOC dataset ``data`` into ``out``; writes and returns the metrics.
+
+    Args:
+        echo: called with every progress line and report; warn: with every problem (a skipped file).
+
+    Raises:
+        DataError: the dataset has no usable image in one of its splits, or a stage fails on its input.
+    """
     config = config or PipelineConfig()
     out = output_dir(out, "pipeline")
-    seconds: dict[str, float] = {}
-    t_all = time.perf_counter()
+    timer = StageTimer(echo)
+    with timer.stage("parse"):
+        ds = parse_stage(data, out / "parsed.json", config, echo, warn)
+    with timer.stage("propose"):
+        propose_dataset(ds, out / "proposals", config.propose, split="all", workers=config.workers, echo=echo, warn=warn)
+        proposals = recall_on_test_split(ds, out / "proposals", config.detect.score_proposals, echo)
+    with timer.stage("crop"):
+        crops = crop_dataset(ds, out / "proposals", out / "crops", config.crop, split="train", warn=warn)
+        echo(f"{crops['regions']} regions: " + ", ".join(f"{c} {n}" for c, n in crops["kept"].items()))
+    with timer.stage("train"):
+        trained = train(out / "crops", out / "model", config.train)
+        echo(format_train(trained))
+    with timer.stage("detect"):
+        results = detect(load_model(out / "model", config.detect.device), [a.path for a in ds.split("test")],
+                         out / "detect", config.detect, proposals=out / "proposals", echo=echo, warn=warn)
+    with timer.stage("evaluate"):
+        evaluation = evaluate(load_detections(out / "detect" / "detections.json"), ds, "test", plot=out / "pr_curve.png")
+        write_json(out / "evaluation.json", evaluation)
+        echo(format_eval(evaluation))
+    score_seconds = [r.seconds["score"] for r in results]
+    report = PipelineReport(
+        map50=evaluation["map50"], map50_95=evaluation["map50_95"], ap50=evaluation["ap50"],
+        proposal_recall50=proposals.recall50, proposal_recall70=proposals.recall70,
+        scored_proposal_recall50=proposals.scored_recall50,
+        n_test_images=len(ds.split("test")), n_train_images=len(ds.split("train")),
+        val_recall=trained["val_recall"], val_precision=trained["val_precision"],
+        detect_seconds_per_image=round(sum(score_seconds) / max(len(score_seconds), 1), 3),
+        seconds=timer.total(), backbone=config.train.backbone, config=config.to_json(),
+    )
+    write_json(out / "metrics.json", report.to_json())
+    return report
 
-    def stage(name: str) -> None:
-        echo(f"\n== {name} ==")
-        seconds[name] = time.perf_counter()
 
-    def done(name: str) -> None:
-        seconds[name] = round(time.perf_counter() - seconds[name], 2)
-
-    stage("parse")
+def parse_stage(data: str | Path, out: Path, config: PipelineConfig, echo: Callable[[str], Any],
+                warn: Callable[[str], Any]) -> Dataset:
+    """Parse ``data``, report its problems, check both splits have images, save the records to ``out``."""
     ds = parse_dataset(data, classes=config.classes, test_fraction=config.test_fraction, seed=config.seed)
     for p in ds.problems:
         (warn if p.level == "error" else echo)(str(p))
-    train_images, test_images = ds.split("train"), ds.split("test")
-    if not train_images or not test_images:
-        raise DataError(f"{data} needs images in both splits (train: {len(train_images)}, test: {len(test_images)})")
-    ds.save(out / "parsed.json")
+    n_train, n_test = len(ds.split("train")), len(ds.split("test"))
+    if not n_train or not n_test:
+        raise DataError(f"{data} needs images in both splits (train: {n_train}, test: {n_test})")
+    ds.save(out)
     echo(format_summary(ds))
-    done("parse")
+    return ds
 
-    stage("propose")
-    propose_dataset(ds, out / "proposals", config.propose, split="all", workers=config.workers)
-    pset = ProposalSet.load(out / "proposals")
-    test_boxes = [pset.boxes(a.id) for a in test_images]
-    test_recall = proposal_report(test_images, test_boxes, ds.classes)
-    scored_recall = proposal_report(test_images, [b[: config.detect.max_proposals] for b in test_boxes], ds.classes)
-    echo(f"test-split proposal recall@0.5 {test_recall['recall50']} (first {config.detect.max_proposals}: "
-         f"{scored_recall['recall50']}), recall@0.7 {test_recall['recall70']}")
-    done("propose")
 
-    stage("crop")
-    crop_report = crop_dataset(ds, out / "proposals", out / "crops", config.crop, split="train")
-    echo(f"{crop_report['regions']} regions: " + ", ".join(f"{c} {n}" for c, n in crop_report["kept"].items()))
-    done("crop")
+def recall_on_test_split(ds: Dataset, proposals_dir: Path, score_proposals: int, echo: Callable[[str], Any]) -> ProposalRecall:
+    """Recall of the stored proposals of the test images, and of the first ``score_proposals`` of each."""
+    images = ds.split("test")
+    pset = ProposalSet.load(proposals_dir)
+    boxes = [pset.boxes(a.id) for a in images]
+    report = proposal_report(images, boxes, ds.classes)
+    covered, total = recall([a.boxes() for a in images], boxes, 0.5, score_proposals)
+    result = ProposalRecall(report["recall50"], report["recall70"], round(covered / total, 4) if total else None)
+    echo(f"test-split proposal recall@0.5 {result.recall50} (first {score_proposals}: "
+         f"{result.scored_recall50}), recall@0.7 {result.recall70}")
+    return result
 
-    stage("train")
-    train_report = train(out / "crops", out / "model", config.train)
-    echo(format_train(train_report))
-    done("train")
 
-    stage("detect")
-    model = load_model(out / "model", config.train.device)
-    results = detect(model, [a.path for a in test_images], out / "detect", config.detect, proposals=out / "proposals", echo=echo)
-    done("detect")
 
-    stage("evaluate")
-    evaluation = evaluate(load_detections(out / "detect" / "detections.json"), ds, "test", plot=out / "pr_curve.png")
-    write_json(out / "evaluation.json", evaluation)
-    echo(format_eval(evaluation))
-    done("evaluate")
+def demo_config() -> PipelineConfig:
+    """The demo's settings: the defaults, with 128 px crops and 32 backgrounds per image for its small images."""
+    return PipelineConfig(crop=CropConfig(size=128, neg_per_image=32))
 
-    seconds["total"] = round(time.perf_counter() - t_all, 2)
-    det_seconds = [r.seconds["score"] for r in results]
-    metrics = {
-        "format": "rcnn-metrics-v1",
-        "map50": evaluation["map50"],
-        "map50_95": evaluation["map50_95"],
-        "ap50": evaluation["ap50"],
-        "proposal_recall50": test_recall["recall50"],
-        "proposal_recall70": test_recall["recall70"],
-        "scored_proposal_recall50": scored_recall["recall50"],
-        "n_test_images": len(test_images),
-        "n_train_images": len(train_images),
-        "val_recall": train_report["val_recall"],
-        "val_precision": train_report["val_precision"],
-        "detect_seconds_per_image": round(sum(det_seconds) / max(len(det_seconds), 1), 3),
-        "seconds": seconds,
-        "backbone": config.train.backbone,
-        "config": {
-            "propose": asdict(config.propose),
-            "crop": asdict(config.crop),
-            "train": asdict(config.train),
-            "detect": {k: v for k, v in asdict(config.detect).items() if k != "propose"},
-        },
-    }
-    write_json(out / "metrics.json", metrics)
-    return metrics
+
+def run_demo(out: str | Path, images: int = 60, echo: Callable[[str], Any] = print,
+             warn: Callable[[str], Any] = print_err) -> PipelineReport:
+    """The built-in demo: a synthetic VOC dataset of ``images`` images in ``out/data``, then the pipeline on it (offline)."""
+    out = output_dir(out, "pipeline")  # claim the folder before writing the dataset into it
+    data = out / "data"
+    if not (data / "Annotations").is_dir():
+        make_dataset(data, images=images, seed=0)
+        echo(f"synthetic dataset: {images} images of discs and squares in {data}")
+    return run_pipeline(data, out, demo_config(), echo, warn)

@@ -145,3 +145,19 @@ def test_evaluate_runs_a_model_folder(tmp_path, synth_model, synth_parsed):
     report = json.loads(out.read_text())
     assert report["n_images"] == 3 and 0.0 <= report["map50"] <= 1.0
     assert json.loads(res.output.strip().splitlines()[-2]) == {"map50": report["map50"], "map50_95": report["map50_95"]}
+
+
+def test_draw_detections_draws_class_coloured_labelled_boxes():
+    from rcnn.detect import PALETTE, Detection, draw_detections
+
+    image = np.full((240, 320, 3), 90, np.uint8)
+    dets = [Detection("cat", 0.87, [10.0, 20.0, 120.0, 150.0]), Detection("dog", 0.5, [150.5, 60.0, 300.0, 200.0])]
+    out = draw_detections(image, dets, CLASSES)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert (image == 90).all()  # the input is not drawn on
+    assert tuple(out[80, 10]) == PALETTE[1] and tuple(out[130, 150]) == PALETTE[2]  # left edges, in each class's colour
+    assert tuple(out[100, 60]) == (90, 90, 90)  # inside the box: untouched
+    labels = out[20:35, 10:60]
+    assert (labels.min(axis=2) > 200).any()  # white label text on the box colour
+    empty = draw_detections(image, [], CLASSES)
+    assert np.array_equal(empty, image) and empty is not image

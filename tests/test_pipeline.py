@@ -3,9 +3,18 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from click.testing import CliRunner
 
 from rcnn.cli import main
+from rcnn.crop import CropConfig
+from rcnn.detect import DetectConfig
+from rcnn.pipeline import PipelineConfig, StageTimer
+from rcnn.train import TrainConfig
+
+METRICS_KEYS = {"format", "map50", "map50_95", "ap50", "proposal_recall50", "proposal_recall70", "scored_proposal_recall50",
+                "n_test_images", "n_train_images", "val_recall", "val_precision", "detect_seconds_per_image", "seconds",
+                "backbone", "config"}
 
 
 def test_pipeline_on_layout_without_imagesets(tmp_path, synth_data):
@@ -17,9 +26,13 @@ def test_pipeline_on_layout_without_imagesets(tmp_path, synth_data):
                                     "--neg-per-image", "16", "--max-side", "200", "--test-fraction", "0.25", "--optimizer", "adam"])
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
-    assert {"map50", "map50_95", "proposal_recall50", "n_test_images", "seconds"} <= set(m)
+    assert set(m) == METRICS_KEYS and m["format"] == "rcnn-metrics-v1" and m["backbone"] == "efficientnet_lite0"
+    assert m["config"]["train"]["optimizer"] == "adam" and m["config"]["crop"]["size"] == 64
+    assert "propose" not in m["config"]["detect"] and m["config"]["detect"]["score_proposals"] == 500
     assert m["n_test_images"] == 3  # 25% of 12 images, deterministic split
-    assert set(m["seconds"]) >= {"parse", "propose", "crop", "train", "detect", "evaluate"}
+    assert set(m["seconds"]) == {"parse", "propose", "crop", "train", "detect", "evaluate", "total"}
+    assert m["seconds"]["total"] >= sum(v for k, v in m["seconds"].items() if k != "total") - 0.1
+    assert m["n_train_images"] == 9 and 0.0 <= m["scored_proposal_recall50"] <= m["proposal_recall50"]
     assert 0.0 <= m["map50_95"] <= m["map50"] <= 1.0 and m["proposal_recall50"] > 0.8
     assert (out / "detect" / "detections.json").is_file() and (out / "pr_curve.png").is_file()
     assert "Traceback" not in res.output
@@ -28,3 +41,25 @@ def test_pipeline_on_layout_without_imagesets(tmp_path, synth_data):
 def test_pipeline_bad_folder_is_one_line(tmp_path):
     res = CliRunner().invoke(main, ["pipeline", str(tmp_path), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "no VOC layout" in res.output
+
+
+def test_settings_are_routed_to_the_stage_with_that_field():
+    c = PipelineConfig().with_settings(epochs=3, size=64, device="cpu", threshold=0.5, workers=1, hflip=None)
+    assert c.train == TrainConfig(epochs=3, device="cpu") and c.crop == CropConfig(size=64)
+    assert c.detect == DetectConfig(threshold=0.5, device="cpu") and c.workers == 1
+    assert PipelineConfig().with_settings() == PipelineConfig()
+    with pytest.raises(ValueError, match="unknown pipeline setting.*epoch"):
+        PipelineConfig().with_settings(epoch=3)
+    with pytest.raises(ValueError, match="'threshold=2"):  # each stage config validates its own fields
+        PipelineConfig().with_settings(threshold=2.0)
+
+
+def test_stage_timer_announces_and_times_each_stage():
+    lines: list[str] = []
+    timer = StageTimer(lines.append)
+    with timer.stage("parse"):
+        pass
+    with pytest.raises(KeyError), timer.stage("propose"):
+        raise KeyError("boom")  # a failing stage is not recorded as finished
+    assert lines == ["\n== parse ==", "\n== propose =="]
+    assert set(timer.total()) == {"parse", "total"} and timer.total()["parse"] >= 0

@@ -97,7 +97,7 @@ def test_offline_failure_message(monkeypatch, tmp_path, synth_crops):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(WeightsUnavailableError, match="efficientnet_lite0"):
         build_backbone("mobilenet_v2", "imagenet")
-    res = CliRunner().invoke(main, ["train", str(synth_crops), "--out", str(tmp_path / "m")])
+    res = CliRunner().invoke(main, ["train", str(synth_crops), "--out", str(tmp_path / "m"), "--backbone", "mobilenet_v2"])
     assert res.exit_code == 1 and "Traceback" not in res.output
     lines = [l for l in res.output.splitlines() if l.strip()]
     assert len(lines) == 1 and "cannot download the ImageNet weights of mobilenet_v2" in lines[0] and "--weights" in lines[0]
@@ -106,7 +106,7 @@ def test_offline_failure_message(monkeypatch, tmp_path, synth_crops):
 def test_bad_weights_file_is_one_line(tmp_path, synth_crops):
     bad = tmp_path / "w.pt"
     torch.save({"nope": torch.zeros(1)}, bad)
-    res = CliRunner().invoke(main, ["train", str(synth_crops), "--out", str(tmp_path / "m"), "--weights", str(bad)])
+    res = CliRunner().invoke(main, ["train", str(synth_crops), "--out", str(tmp_path / "m"), "--backbone", "mobilenet_v2", "--weights", str(bad)])
     assert res.exit_code == 1 and "do not fit backbone mobilenet_v2" in res.output
 
 
