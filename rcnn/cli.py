@@ -316,7 +316,8 @@ BACKBONE = option_for(TRAIN, "backbone", "--backbone", type=RegistryChoice("back
 @BACKBONE
 @option_for(TRAIN, "weights", "--weights", help="imagenet, none (random), or a path to a state dict.")
 @option_for(TRAIN, "freeze_backbone", "--freeze-backbone/--fine-tune", help="Train only the head on cached features, or the whole network.")
-@option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), help="Training epochs.")
+@option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), help="Training epochs (at most, with --patience).")
+@option_for(TRAIN, "patience", "--patience", type=click.IntRange(0), help="Stop once the validation loss has not improved for N epochs; 0 = run every epoch.")
 @option_for(TRAIN, "batch_size", "--batch-size", type=click.IntRange(2), help="Regions per training batch.")
 @option_for(TRAIN, "fg_fraction", "--fg-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of object regions in each batch (R-CNN used 32 of 128 = 0.25).")
 @option_for(TRAIN, "optimizer", "--optimizer", type=RegistryChoice("train:OPTIMIZERS"), help="SGD with momentum 0.9, or Adam.")
@@ -441,7 +442,8 @@ def echo_result(report: Any, out: Path) -> None:
 @option_for(PIPELINE, "test_fraction", "--test-fraction", type=click.FloatRange(0, 1, max_open=True), help="Test share when the dataset has no ImageSets split files.")
 @BACKBONE
 @option_for(TRAIN, "weights", "--weights", help="imagenet, none, or a path to a state dict.")
-@option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), help="Training epochs.")
+@option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), help="Training epochs (at most, with --patience).")
+@option_for(TRAIN, "patience", "--patience", type=click.IntRange(0), help="Stop once the validation loss has not improved for N epochs; 0 = run every epoch.")
 @option_for(TRAIN, "optimizer", "--optimizer", type=RegistryChoice("train:OPTIMIZERS"), help="Training optimiser.")
 @option_for(TRAIN, "lr", "--lr", type=click.FloatRange(0, min_open=True), help="Learning rate.")
 @option_for(TRAIN, "hflip", "--hflip", is_flag=True, help="Horizontal-flip augmentation.")

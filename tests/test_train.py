@@ -185,3 +185,16 @@ def test_fine_tuning_and_flip_augmentation_run(tmp_path, synth_crops):
     assert len(list((tmp_path / "fl" / "cache").glob("features-*.npy"))) == 2  # plain and mirrored crops
     for r in (tuned, flipped):
         assert set(r["val_recall"]) == {"background", "disc", "square"}
+
+
+def test_patience_stops_when_validation_stops_improving(tmp_path, synth_crops):
+    cfg = TrainConfig(backbone="efficientnet_lite0", weights="none", batch_size=32, optimizer="adam", lr=3e-2,
+                      epochs=60, patience=3)
+    report = train(synth_crops, tmp_path / "m", cfg, progress=False)
+    history = (tmp_path / "m" / "history.csv").read_text().splitlines()[1:]
+    assert report["epochs_run"] == len(history) < 60  # a high learning rate stops improving early
+    assert report["epochs_run"] - report["best_epoch"] == 3
+    losses = [float(line.split(",")[3]) for line in history]
+    assert min(losses) == losses[report["best_epoch"] - 1] and min(losses[report["best_epoch"]:]) >= losses[report["best_epoch"] - 1]
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=-1)
