@@ -202,11 +202,11 @@ PIPELINE = "pipeline:PipelineConfig"
 def parse(data: Path | None, out: Path, annotations: Path | None, images: Path | None, classes: list[str] | None,
           strict: bool, quiet: bool, **options: Any) -> None:
     """Read a Pascal VOC dataset DATA into clean records (one JSON file)."""
-    from .parse import format_summary, parse_dataset
+    from .parse import FORMAT, format_summary, parse_dataset
 
     if data is None and (annotations is None or images is None):
         raise click.UsageError("give DATA, or both --annotations and --images")
-    check_output_file(out)
+    check_output_file(out, FORMAT)
     ds = parse_dataset(data, annotations_dir=annotations, images_dir=images, classes=classes, strict=strict,
                        progress=True, **given(options))
     for p in ds.problems:
@@ -216,7 +216,7 @@ def parse(data: Path | None, out: Path, annotations: Path | None, images: Path |
         first = next((p for p in ds.problems if p.level == "error"), None)
         raise click.ClickException(f"no usable images in {data or annotations}"
                                    + (f" (first problem: {first.file}: {first.message})" if first else ""))
-    ds.save(check_output_file(out, tuple(a.annotation for a in ds.images) + tuple(a.path for a in ds.images)))
+    ds.save(check_output_file(out, FORMAT, tuple(a.annotation for a in ds.images) + tuple(a.path for a in ds.images)))
     click.echo(format_summary(ds))
     click.echo(f"records saved to {out}")
 
@@ -404,12 +404,12 @@ def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, *
     """Score DETECTIONS (detections.json, or a model folder to run) against the annotations in PARSED."""
     import json
 
-    from .evaluate import evaluate, evaluate_model, format_report, load_detections, save_report
+    from .evaluate import REPORT_FORMAT, evaluate, evaluate_model, format_report, load_detections, save_report
     from .parse import Dataset
 
     dataset = Dataset.load(parsed)
     if out is not None:
-        check_output_file(out, (detections, parsed))
+        check_output_file(out, REPORT_FORMAT, (detections, parsed), folders=("detect",))
     if detections.is_dir():  # a model folder: detect on the split first, into a folder of its own
         from .detect import DetectConfig
 
@@ -417,8 +417,8 @@ def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, *
         config = configured(DetectConfig(), detect_settings(options))
         # every DetectConfig field by name: `device` loads the model, the rest configure detection
         detections = evaluate_model(detections, dataset, split, run, echo=click.echo, warn=warn, **vars(config))
-    out = check_output_file(out or detections.parent / "evaluation.json", (detections, parsed))
-    plot = check_output_file(out.with_suffix(".pr.png"), (detections, parsed), "the precision-recall plot")
+    out = check_output_file(out or detections.parent / "evaluation.json", REPORT_FORMAT, (detections, parsed), folders=("detect",))
+    plot = check_output_file(out.with_suffix(".pr.png"), "evaluate", (detections, parsed), "the precision-recall plot", ("detect",))
     report = evaluate(load_detections(detections), dataset, split, plot=plot)
     save_report(report, out)
     click.echo(format_report(report))

@@ -269,6 +269,7 @@ def crop_dataset(
                             "(another dataset, a changed image or an older rcnn); run `rcnn propose` for this dataset")
     classes = [BACKGROUND] + list(dataset.classes)
     out = output_dir(out, "crops")
+    (out / "meta.json").unlink(missing_ok=True)  # ours; until rewritten below, train refuses a half-rebuilt set
     (out / "shards").mkdir(exist_ok=True)
 
     start = time.perf_counter()
@@ -322,6 +323,7 @@ def crop_dataset(
         "split": split,
         "config": asdict(config),
         "propose": asdict(pset.config),
+        "shard_keys": keys,  # each shard's key, checked when the set is loaded
         "content_key": digest(keys),  # changes whenever any shard does: the key of caches built on this set
     }
     write_json(out / "meta.json", meta)

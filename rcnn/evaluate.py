@@ -20,6 +20,8 @@ from .errors import DataError
 from .io import print_err, read_json, write_atomic, write_json
 from .parse import Annotation, Dataset
 
+REPORT_FORMAT = "rcnn-evaluation-v1"  # the format tag of an evaluation report
+
 def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
     """Area under a precision-recall curve, VOC all-point: the area under the monotone precision envelope.
 
@@ -186,7 +188,7 @@ def evaluate(detections: list[dict[str, Any]], dataset: Dataset, split: str = "t
     valid = [v for v in ap50.values() if v is not None]
     coco = coco_map(dets, images, classes)
     report = {
-        "format": "rcnn-evaluation-v1",
+        "format": REPORT_FORMAT,
         "map50": round(float(np.mean(valid)), 4) if valid else 0.0,
         "map50_95": coco["map50_95"],
         "ap50": ap50,

@@ -177,39 +177,61 @@ def new_output_dir(root: str | os.PathLike, name: str, kind: str) -> Path:
     raise DataError(f"no free run folder name under {root}")  # pragma: no cover
 
 
-def is_own_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an output rcnn wrote: JSON with an ``rcnn-`` format tag, or a PNG tagged ``rcnn``."""
+@contextmanager
+def folder_lock(folder: str | os.PathLike, who: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``folder/.lock``, flock) or fail at once when another process holds it."""
+    import fcntl
+
+    with open(Path(folder) / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DataError(f"{folder} is in use by another {who}; wait for it to finish or choose another folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def is_own_file(path: str | os.PathLike, tag: str) -> bool:
+    """Whether ``path`` is an output of this very kind: JSON whose ``format`` is ``tag``, or a PNG whose ``rcnn`` text is ``tag``."""
     path = Path(path)
     if not path.is_file():
         return False
     if path.suffix.lower() == ".png":
         try:
             with Image.open(path) as im:
-                return "rcnn" in getattr(im, "text", {})
+                return getattr(im, "text", {}).get("rcnn") == tag
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
             return False
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(d, dict) and str(d.get("format", "")).startswith("rcnn-")
+    return isinstance(d, dict) and d.get("format") == tag
 
 
-def check_output_file(path: str | os.PathLike, inputs: tuple[str | os.PathLike, ...] = (), what: str = "--out") -> Path:
-    """Refuse to write ``path`` when it is one of ``inputs`` or an existing file rcnn did not write.
+def check_output_file(path: str | os.PathLike, tag: str, inputs: tuple[str | os.PathLike, ...] = (), what: str = "--out",
+                      folders: tuple[str, ...] = ()) -> Path:
+    """Refuse to write ``path`` unless it is new or an earlier output of the same kind (``tag``), and never one of ``inputs``.
+
+    A path inside an rcnn output folder (marked with :data:`MARKER`) is refused too, unless its kind is in ``folders``.
 
     Raises:
         DataError: naming the path.
     """
     path = Path(path)
     _check_parents(path, what)
+    if any(same_file(path, i) for i in inputs):
+        raise DataError(f"{what} {path} is one of the inputs; choose another path")
+    kind = folder_kind(path.parent)
+    if kind is not None and kind not in folders:
+        raise DataError(f"{what} {path} lies inside an rcnn {kind} folder; choose a path outside it")
     if path.exists() or path.is_symlink():
-        if any(same_file(path, i) for i in inputs):
-            raise DataError(f"{what} {path} is one of the inputs; choose another path")
         if path.is_dir():
             raise DataError(f"{what} {path} is a folder; give a file path")
-        if not is_own_file(path):
-            raise DataError(f"{what} {path} exists and was not written by rcnn; choose another path (or remove it yourself)")
+        if not is_own_file(path, tag):
+            raise DataError(f"{what} {path} exists and was not written by this rcnn command; choose another path (or remove it yourself)")
     return path
 
 

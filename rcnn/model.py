@@ -8,6 +8,8 @@ training, and the digests that make the folder's replacement atomic).
 
 from __future__ import annotations
 
+import hashlib
+import io as _io
 import math
 import os
 import pickle
@@ -277,20 +279,27 @@ def finish_commit(folder: str | Path, config: ModelConfig | None) -> None:
             staged.unlink()
 
 
-def committed_file(folder: Path, name: str, config: ModelConfig) -> Path:
-    """The file holding the committed ``name``: ``NAME``, or ``NAME.next`` while a commit is being finished.
+def read_committed(folder: Path, name: str, config: ModelConfig) -> tuple[bytes, Path]:
+    """The bytes of the committed ``name`` (from ``NAME``, or ``NAME.next`` while a commit is being finished),
+    read once and checked against the commit record, so a concurrent commit can never mix two models.
 
     Raises:
-        DataError: neither matches the commit record (a half-written folder).
+        DataError: neither file matches the record (a half-written or altered folder).
     """
     expected = config.files.get(name)
-    if expected is None:  # written before commit records existed
-        return folder / name
     for path in (folder / name, folder / f"{name}.next"):
-        if path.is_file() and file_digest(path) == expected:
-            return path
-    raise DataError(f"model folder {folder} is inconsistent: {name} does not match config.json "
-                    "(an interrupted `rcnn train`?); re-run `rcnn train` into it, with --resume to continue")
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+        if expected is None or hashlib.sha1(data).hexdigest() == expected:  # None: written before commit records
+            return data, path
+    if expected is None:
+        raise DataError(f"{folder} has no {name} (is it a model folder written by `rcnn train`?)")
+    raise DataError(f"model folder {folder} is inconsistent: {name} does not match config.json (changed after "
+                    "training, or an interrupted `rcnn train`); re-run `rcnn train` into it, with --resume to continue")
 
 
 def load_model(folder: str | Path, device: str = "auto") -> LoadedModel:
@@ -303,8 +312,8 @@ def load_model(folder: str | Path, device: str = "auto") -> LoadedModel:
     if not folder.is_dir():
         raise DataError(f"model folder not found: {folder}")
     cfg = ModelConfig.load(folder)
-    weights = committed_file(folder, WEIGHTS, cfg)
-    state = load_state(weights, "model weights")
+    data, weights = read_committed(folder, WEIGHTS, cfg)
+    state = load_state(weights, "model weights", data)
     backbone = build_backbone(cfg.backbone, "none")  # weights come from model.pt
     net = RegionClassifier(backbone, len(cfg.classes), cfg.hidden, cfg.dropout)
     try:
@@ -317,13 +326,14 @@ def load_model(folder: str | Path, device: str = "auto") -> LoadedModel:
     return LoadedModel(net, cfg, dev)
 
 
-def load_state(path: str | Path, what: str) -> Any:
-    """``torch.load`` with ``weights_only=True``, every failure a DataError naming the file."""
+def load_state(path: str | Path, what: str, data: bytes | None = None) -> Any:
+    """``torch.load`` with ``weights_only=True`` of ``path`` (or of its bytes ``data``, already read),
+    every failure a DataError naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise DataError(f"{what} {path} is missing or not a regular file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(_io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise DataError(f"{what} {path} was refused: it holds objects other than tensors "
                         f"(unsafe or not written by rcnn): {str(e).splitlines()[0][:200]}") from None

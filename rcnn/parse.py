@@ -29,6 +29,7 @@ from . import io
 from .io import IMAGE_EXTENSIONS, write_json
 
 SPLITS = ("train", "test")
+FORMAT = "rcnn-parsed-v1"  # the format tag of a parsed dataset file
 # Boxes may stick out of the image by this much (the 0- vs 1-based ambiguity of
 # real annotation tools) before a clipping warning is worth printing.
 CLIP_TOLERANCE = 1.0
@@ -238,7 +239,7 @@ class Dataset:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": "rcnn-parsed-v1",
+            "format": FORMAT,
             "root": self.root,
             "classes": self.classes,
             "summary": self.summary(),

@@ -27,7 +27,7 @@ from torch import nn
 from .backbones import build_backbone
 from .crop import CropConfig, decode_crop, load_shard
 from .errors import DataError, TrainingError
-from .io import digest, file_digest, output_dir, read_json, save_npy, write_atomic
+from .io import digest, file_digest, folder_lock, output_dir, read_json, save_npy, write_atomic
 from .model import (MAX_INPUT_SIZE, WEIGHTS, ModelConfig, RegionClassifier, auto_batch_size, commit_model, finish_commit,
                     load_state, pick_device, preprocess)
 from .propose import ProposeConfig
@@ -108,9 +108,12 @@ class RegionSet:
         _check_meta(meta, meta_path)
         n_classes = len(meta["classes"])
         labels, groups, data, ious, targets = [], [], [], [], []
-        for g, image_id in enumerate(meta["images"]):
+        keys = meta.get("shard_keys") or [None] * len(meta["images"])
+        for g, (image_id, key) in enumerate(zip(meta["images"], keys)):
             path = folder / "shards" / f"{image_id}.npz"
             s = load_shard(path)
+            if key is not None and str(s.get("key", "")) != key:
+                raise DataError(f"crop shard {path} does not belong to {meta_path} (an interrupted or concurrent `rcnn crop`?); re-run `rcnn crop`")
             try:
                 off, lab = s["offsets"].astype(np.int64), s["labels"].astype(np.int64)
                 n = len(lab)
@@ -166,8 +169,13 @@ def _check_meta(meta: dict[str, Any], path: Path) -> None:
         CropConfig(**meta.get("config", {}))
     except (TypeError, ValueError) as e:
         raise DataError(f"{path}: 'config' is not a crop configuration: {e}") from None
-    if not isinstance(meta.get("propose", {}), dict):
-        raise DataError(f"{path}: 'propose' must be an object")
+    try:
+        ProposeConfig(**meta["propose"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: 'propose' is not a proposal configuration: {e}") from None
+    keys = meta.get("shard_keys")
+    if keys is not None and (not isinstance(keys, list) or len(keys) != len(images) or not all(isinstance(k, str) for k in keys)):
+        raise DataError(f"{path}: 'shard_keys' must give one key per image")
 
 
 def split_by_image(labels: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -513,13 +521,13 @@ def build_run(crops_dir: str | Path, out: str | Path, config: TrainConfig, progr
                     np.random.default_rng(config.seed), time.perf_counter() - t)
 
 
-def resume_state(run: TrainRun) -> TrainState:
-    """Restore the network, optimiser, history and best weights from ``checkpoint.pt``.
+def load_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any]:
+    """Read ``checkpoint.pt`` and check it was written with these settings (cheap: before any network is built).
 
     Raises:
-        DataError: no checkpoint, an unreadable or unsafe one, other settings or another network.
+        DataError: no checkpoint, an unreadable or unsafe one, or other settings.
     """
-    path = run.out / "checkpoint.pt"
+    path = out / "checkpoint.pt"
     if not path.exists():
         raise DataError(f"nothing to resume: {path} does not exist")
     ckpt = load_state(path, "checkpoint")
@@ -528,8 +536,20 @@ def resume_state(run: TrainRun) -> TrainState:
         raise DataError(f"checkpoint {path} is not a training checkpoint written by `rcnn train`")
     free = ("epochs", "patience")  # how long to go on may change between runs; nothing else
     old = {k: v for k, v in ckpt["config"].items() if k not in free}
-    if old != {k: v for k, v in asdict(run.config).items() if k not in free}:
-        raise DataError(f"cannot resume {run.out}: its training settings differ from the ones given")
+    if old != {k: v for k, v in asdict(config).items() if k not in free}:
+        raise DataError(f"cannot resume from {path}: its training settings differ from the ones given")
+    return ckpt
+
+
+def resume_state(run: TrainRun, ckpt: dict[str, Any]) -> TrainState:
+    """Restore the network, optimiser, history and best weights from a checked checkpoint.
+
+    Raises:
+        DataError: it was trained on another region set, or holds another network.
+    """
+    path = run.out / "checkpoint.pt"
+    if ckpt.get("regions") != run.regions.meta.get("content_key"):
+        raise DataError(f"cannot resume from {path}: it was trained on another region set than {run.regions.folder}")
     try:
         run.net.load_state_dict(ckpt["net"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
@@ -583,7 +603,7 @@ def save_checkpoint(run: TrainRun, state: TrainState) -> None:
     """``checkpoint.pt`` (atomically): the network, optimiser, best weights and history, for ``--resume``."""
     ckpt = {"net": run.net.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": state.epoch,
             "best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "best_net": state.best_net,
-            "history": state.history, "config": asdict(run.config)}
+            "history": state.history, "config": asdict(run.config), "regions": run.regions.meta.get("content_key")}
     write_atomic(run.out / "checkpoint.pt", lambda p: torch.save(ckpt, p))
 
 
@@ -597,13 +617,19 @@ def train(crops_dir: str | Path, out: str | Path, config: TrainConfig | None = N
     Returns:
         The report (also ``out/report.json``) with ``val_precision`` and ``val_recall`` per class.
     """
-    from tqdm import tqdm
-
     config = config or TrainConfig()
     t_start = time.perf_counter()
+    with folder_lock(output_dir(out, "model"), "rcnn train"):
+        return _train(crops_dir, out, config, resume, progress, t_start)
+
+
+def _train(crops_dir: str | Path, out: str | Path, config: TrainConfig, resume: bool, progress: bool, t_start: float) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    ckpt = load_checkpoint(Path(out), config) if resume else None
     run = build_run(crops_dir, out, config, progress)
     finish_commit(run.out, _committed_config(run.out))
-    state = resume_state(run) if resume else TrainState()
+    state = resume_state(run, ckpt) if ckpt is not None else TrainState()
     epoch_seconds = []
     for epoch in tqdm(range(state.epoch + 1, config.epochs + 1), desc="epochs", unit="epoch", disable=None if progress else True,
                       initial=state.epoch, total=config.epochs):

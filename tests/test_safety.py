@@ -81,7 +81,7 @@ def test_single_file_outputs_are_never_a_users_file(tmp_path, synth_data, synth_
     mine = tmp_path / "notes.json"
     mine.write_text('{"mine": true}')
     res = CliRunner().invoke(main, ["parse", str(synth_data), "--out", str(mine)])
-    assert res.exit_code == 1 and "was not written by rcnn" in res.output and mine.read_text() == '{"mine": true}'
+    assert res.exit_code == 1 and "was not written by this rcnn command" in res.output and mine.read_text() == '{"mine": true}'
     xml = next((synth_data / "Annotations").glob("*.xml"))
     before = xml.read_bytes()
     res = CliRunner().invoke(main, ["parse", str(synth_data), "--out", str(xml)])
@@ -89,6 +89,21 @@ def test_single_file_outputs_are_never_a_users_file(tmp_path, synth_data, synth_
     ours = tmp_path / "parsed.json"
     for _ in range(2):  # our own file is rewritten
         assert CliRunner().invoke(main, ["parse", str(synth_data), "--out", str(ours)]).exit_code == 0
+
+
+def test_one_commands_file_is_not_another_commands_output(tmp_path, synth_model, synth_parsed):
+    """An rcnn file of another kind (a model config, region-set metadata) is as much off limits as a user's."""
+    folder = shutil.copytree(synth_model, tmp_path / "m")
+    before = hashes(folder)
+    run = tmp_path / "run"
+    assert CliRunner().invoke(main, ["detect", str(folder), str(Path(Dataset.load(synth_parsed).images[0].path)),
+                                     "--out", str(run), "--no-images"]).exit_code == 0
+    for out in (folder / "config.json", folder / "new.json"):
+        res = CliRunner().invoke(main, ["evaluate", str(run / "detections.json"), str(synth_parsed), "--out", str(out)])
+        assert res.exit_code == 1, res.output
+    res = CliRunner().invoke(main, ["parse", str(Path(synth_parsed).parent), "--out", str(folder / "config.json")])
+    assert res.exit_code != 0
+    assert hashes(folder) == before
 
 
 # ----------------------------------------------------------------------------- 2: caches keyed on what they were built from
@@ -115,6 +130,46 @@ def test_crop_rebuilds_shards_when_proposals_or_annotations_change(tmp_path, syn
     assert third["reused_images"] == first["images"] - 1
     shard = np.load(crops / "shards" / f"{edited.id}.npz")
     assert (shard["boxes"][0] == [0, 0, 30, 30]).all()  # the ground-truth box comes first
+
+
+def test_an_interrupted_crop_is_refused_by_train(tmp_path, synth_parsed, synth_props, monkeypatch):
+    from rcnn import crop as crop_mod
+
+    ds = Dataset.load(synth_parsed)
+    crops = tmp_path / "crops"
+    crop_dataset(ds, synth_props, crops, CropConfig(size=32, context=2, neg_per_image=4), progress=False)
+    train_mod.RegionSet.load(crops)
+    calls = []
+    real = crop_mod.crop_image
+
+    def dies_on_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(crop_mod, "crop_image", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        crop_dataset(ds, synth_props, crops, CropConfig(size=32, context=2, neg_per_image=20), progress=False)
+    with pytest.raises(DataError, match="meta.json"):
+        train_mod.RegionSet.load(crops)  # two shards are new, the metadata was of the old set: refused
+    monkeypatch.undo()
+    crop_dataset(ds, synth_props, crops, CropConfig(size=32, context=2, neg_per_image=20), progress=False)
+    meta = json.loads((crops / "meta.json").read_text())
+    # a shard swapped in from elsewhere does not match the metadata's key
+    first, second = (crops / "shards" / f"{i}.npz" for i in meta["images"][:2])
+    first.write_bytes(second.read_bytes())
+    with pytest.raises(DataError, match="does not belong to"):
+        train_mod.RegionSet.load(crops)
+
+
+def test_two_trainings_into_one_folder_cannot_overlap(tmp_path, synth_crops):
+    from rcnn.io import folder_lock, output_dir
+
+    out = output_dir(tmp_path / "m", "model")
+    with folder_lock(out, "rcnn train"):
+        with pytest.raises(DataError, match="in use by another rcnn train"):
+            train(synth_crops, out, TrainConfig(weights="none", epochs=1), progress=False)
 
 
 def test_crop_refuses_another_datasets_proposals(tmp_path, synth_parsed, synth_props):
