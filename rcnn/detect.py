@@ -24,7 +24,7 @@ from lxml import etree
 from .boxes import batched_nms, box_iou, clip_boxes, decode, remove_small_boxes
 from .crop import warp_regions
 from .errors import DataError
-from .io import find_images, load_rgb, new_output_dir, output_dir, print_err, same_file, write_atomic, write_csv, write_json, write_text
+from .io import find_images, load_rgb, new_output_dir, output_dir, print_err, write_atomic, write_csv, write_json, write_text
 from .model import LoadedModel
 from .propose import ProposalSet, ProposeConfig, selective_search
 
@@ -234,6 +234,12 @@ def write_outputs(run: Path, results: list[ImageResult], model: LoadedModel, con
     })
 
 
+def _file_id(path: Path) -> tuple[int, int]:
+    """(device, inode): equal for two paths of one file, whatever links or spellings lead to it."""
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
 def output_names(paths: list[Path]) -> list[str]:
     """A distinct output name (no extension) for every input image: its stem, or ``stem_2``, ``stem_3``, ...
     when several inputs share a stem (``a/x.jpg``, ``a/x.png``, ``b/x.jpg``)."""
@@ -274,10 +280,10 @@ def detect(model: LoadedModel, inputs: list[str] | list[Path], run: str | Path, 
     planned = [run / n for n in ("detections.json", "detections.csv", "summary.json")]
     planned += [run / f"{n}.jpg" for n in names] if save_images else []
     planned += [run / "labels" / f"{n}.xml" for n in names] if save_xml else []
+    inputs = {_file_id(p): p for p in paths}  # one stat per input and per output, not one per pair
     for out in planned:
-        for p in paths:
-            if same_file(out, p):
-                raise DataError(f"output {out} would replace the input image {p}; choose another --out")
+        if out.exists() and _file_id(out) in inputs:
+            raise DataError(f"output {out} would replace the input image {inputs[_file_id(out)]}; choose another --out")
     results: list[ImageResult] = []
     failures: list[str] = []
     t_start = time.perf_counter()
