@@ -1,7 +1,7 @@
 # rcnn: set up, test, and run the whole R-CNN pipeline.
 #   make demo                      install, then run the pipeline on the built-in synthetic dataset
 #   make test                      install, then run the test suite
-#   make pipeline DATA=<voc dir> OUT=<dir> [BACKBONE=...] [EPOCHS=...] [EXTRA="--hflip ..."]
+#   make pipeline DATA=<voc dir> OUT=<dir> [ARCH=fast|rcnn] [BACKBONE=...] [EPOCHS=...] [EXTRA="--no-hflip ..."]
 #                                  (settings not given keep the defaults `rcnn pipeline --help` shows)
 #                                  (without DATA: a synthetic dataset generated in data/synth)
 PYTHON   ?= python3
@@ -17,7 +17,7 @@ OUT      ?= runs/pipeline
 # below is forwarded only when given on the make command line (make pipeline BACKBONE=mobilenet_v2),
 # never from the environment; EXTRA passes any other option through.
 given = $(if $(and $(filter command line,$(origin $(1))),$($(1))),$(2) $($(1)))
-PIPELINE_FLAGS = $(call given,BACKBONE,--backbone) $(call given,EPOCHS,--epochs) $(call given,SIZE,--size) \
+PIPELINE_FLAGS = $(call given,ARCH,--arch) $(call given,BACKBONE,--backbone) $(call given,EPOCHS,--epochs) $(call given,SIZE,--size) \
 	$(call given,MODE,--mode) $(call given,MAX_SIDE,--max-side) $(call given,WORKERS,--workers) \
 	$(call given,PROPOSALS,--max-proposals) $(call given,DETECT_PROPOSALS,--detect-proposals) \
 	$(call given,NEG_PER_IMAGE,--neg-per-image) $(call given,THRESHOLD,--threshold)

@@ -23,6 +23,12 @@ SETTINGS = {
     "fast/full": ProposeConfig(mode="fast", max_side=0),
     "quality/300": ProposeConfig(mode="quality", max_side=300),
     "quality/500": ProposeConfig(mode="quality", max_side=500),
+    "fast/300/k50": ProposeConfig(mode="fast", max_side=300, base_k=50, inc_k=50),
+    "fast/500/k50": ProposeConfig(mode="fast", max_side=500, base_k=50, inc_k=50),
+    "fast/500/k100": ProposeConfig(mode="fast", max_side=500, base_k=100, inc_k=100),
+    "fast/full/k100": ProposeConfig(mode="fast", max_side=0, base_k=100, inc_k=100),
+    "quality/300/k50": ProposeConfig(mode="quality", max_side=300, base_k=50, inc_k=50),
+    "quality/400/k100": ProposeConfig(mode="quality", max_side=400, base_k=100, inc_k=100),
 }
 
 

@@ -99,9 +99,11 @@ class LibraryOption(click.Option):
     it is written once, in the library.
     """
 
-    def __init__(self, *args: Any, source: str, default_text: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, source: str, default_text: str | None = None, also: tuple[str, str] | None = None,
+                 **kwargs: Any) -> None:
         self.source = source  # "module:DataclassOrFunction"
         self.default_text = default_text  # what --help says instead, where the default is not the library's
+        self.also = also  # (when, "module:Dataclass"): a second setting this option sets, e.g. ("--arch fast", FAST)
         super().__init__(*args, default=None, **kwargs)
 
     @property
@@ -114,7 +116,15 @@ class LibraryOption(click.Option):
             return False  # a one-sided flag is off unless given; its help says what giving it does
         if self.default_text:
             return self.default_text
-        value = self.library_default
+        text = self.default_of(self.library_default)
+        if self.also:
+            other = library_default(self.also[1], self.name or "")
+            if other != self.library_default:
+                text += f"; {self.also[0]}: {self.default_of(other)}"
+        return text
+
+    def default_of(self, value: Any) -> str:
+        """How --help writes a default value (for a flag pair: the side that is the default)."""
         if self.is_flag:
             return (self.opts if value else self.secondary_opts)[0].lstrip("-")
         return str(value)
@@ -182,6 +192,8 @@ def apply(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
 PROPOSE = "propose:ProposeConfig"
 CROP = "crop:CropConfig"
 TRAIN = "train:TrainConfig"
+FAST = "fast:FastConfig"
+ARCHS = ("fast", "rcnn")  # rcnn.pipeline.ARCHS, written here too so that importing the CLI does not import torch
 DETECT = "detect:DetectConfig"
 PIPELINE = "pipeline:PipelineConfig"
 
@@ -310,33 +322,65 @@ BACKBONE = option_for(TRAIN, "backbone", "--backbone", type=RegistryChoice("back
                       help="Feature extractor, registered in rcnn/backbones.py (efficientnet_lite0's ImageNet weights work offline).")
 
 
+FAST_DEFAULT = ("--arch fast", FAST)  # shared training options: where Fast R-CNN's default differs, --help says so
+
+
 @main.command("train")
-@click.argument("crops", type=EXISTING_DIR)
+@click.argument("source", metavar="PARSED_OR_CROPS", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder to write.")
+@click.option("--arch", type=click.Choice(ARCHS), help="fast: Fast R-CNN on PARSED (`rcnn parse`) and --proposals; rcnn: the "
+              "region classifier on CROPS (`rcnn crop`).  [default: fast for a file, rcnn for a folder]")
+@click.option("--proposals", type=EXISTING_DIR, help="--arch fast: the `rcnn propose` folder of PARSED's training images.")
 @BACKBONE
 @option_for(TRAIN, "weights", "--weights", help="imagenet, none (random), or a path to a state dict.")
-@option_for(TRAIN, "freeze_backbone", "--freeze-backbone/--fine-tune", help="Train only the head on cached features, or the whole network.")
-@option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), help="Training epochs (at most, with --patience).")
-@option_for(TRAIN, "patience", "--patience", type=click.IntRange(0), help="Stop once the validation loss has not improved for N epochs; 0 = run every epoch.")
-@option_for(TRAIN, "batch_size", "--batch-size", type=click.IntRange(2), help="Regions per training batch.")
-@option_for(TRAIN, "fg_fraction", "--fg-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of object regions in each batch (R-CNN used 32 of 128 = 0.25).")
-@option_for(TRAIN, "optimizer", "--optimizer", type=RegistryChoice("train:OPTIMIZERS"), help="SGD with momentum 0.9, or Adam.")
-@option_for(TRAIN, "lr", "--lr", type=click.FloatRange(0, min_open=True), help="Learning rate.")
-@option_for(TRAIN, "class_weights", "--class-weights", help="auto (inverse frequency from the crop metadata), none, or one number per class: w_background,w_1,...")
-@option_for(TRAIN, "val_fraction", "--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of images held out for validation.")
-@option_for(TRAIN, "hflip", "--hflip", is_flag=True, help="Horizontal-flip augmentation (cached too when the backbone is frozen).")
-@option_for(TRAIN, "input_size", "--input-size", type=click.IntRange(0, 1024), help="Network input side in pixels; 0 = the crop size.")
+@option_for(TRAIN, "freeze_backbone", "--freeze-backbone/--fine-tune", help="--arch rcnn: train only the head on cached features, or the whole network.")
+@option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), also=FAST_DEFAULT, help="Training epochs (at most, with --patience).")
+@option_for(TRAIN, "patience", "--patience", type=click.IntRange(0), help="--arch rcnn: stop once the validation loss has not improved for N epochs; 0 = run every epoch.")
+@option_for(TRAIN, "batch_size", "--batch-size", type=click.IntRange(2), help="--arch rcnn: regions per training batch.")
+@option_for(FAST, "rois_per_image", "--rois-per-image", type=click.IntRange(4), help="--arch fast: regions sampled per image and step.")
+@option_for(TRAIN, "fg_fraction", "--fg-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), also=FAST_DEFAULT, help="Share of object regions in each batch (R-CNN used 32 of 128 = 0.25).")
+@option_for(TRAIN, "optimizer", "--optimizer", type=RegistryChoice("train:OPTIMIZERS"), help="--arch rcnn: SGD with momentum 0.9, or Adam (fast: SGD).")
+@option_for(TRAIN, "lr", "--lr", type=click.FloatRange(0, min_open=True), also=FAST_DEFAULT, help="Learning rate.")
+@option_for(TRAIN, "class_weights", "--class-weights", also=FAST_DEFAULT, help="auto (inverse frequency), none, or (--arch rcnn) one number per class: w_background,w_1,...")
+@option_for(TRAIN, "val_fraction", "--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), also=FAST_DEFAULT, help="Share of images held out for validation.")
+@option_for(TRAIN, "hflip", "--hflip/--no-hflip", also=FAST_DEFAULT, help="Horizontal-flip augmentation (cached too when the backbone is frozen).")
+@option_for(TRAIN, "input_size", "--input-size", type=click.IntRange(0, 1024), help="--arch rcnn: network input side in pixels; 0 = the crop size.")
+@option_for(FAST, "image_size", "--image-size", type=click.IntRange(32, 2048), help="--arch fast: resize images so the short side is N pixels.")
+@option_for(FAST, "max_image_size", "--max-image-size", type=click.IntRange(32, 2048), help="--arch fast: ... and the long side at most N.")
+@option_for(FAST, "frozen_stages", "--frozen-stages", type=click.IntRange(0, 4), help="--arch fast: backbone stages kept frozen (their output is cached).")
 @option_for(TRAIN, "seed", "--seed", type=int, help="Random seed (split, batches, initialisation).")
 @option_for(TRAIN, "device", "--device", help="auto (GPU when there is one), cpu or cuda.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/checkpoint.pt.")
+@click.option("--resume", is_flag=True, help="--arch rcnn: continue an interrupted run from OUT/checkpoint.pt.")
 @handle_errors
-def train_cmd(crops: Path, out: Path, resume: bool, **options: Any) -> None:
-    """Train the region classifier on the region set CROPS (from `rcnn crop`)."""
-    from .train import TrainConfig, format_report, train
+def train_cmd(source: Path, out: Path, arch: str | None, proposals: Path | None, resume: bool, **options: Any) -> None:
+    """Train a detector: Fast R-CNN on PARSED + --proposals, or the R-CNN region classifier on CROPS."""
+    from .train import format_report
 
-    report = train(crops, out, configured(TrainConfig(), options), resume=resume)
+    arch = arch or ("rcnn" if source.is_dir() else "fast")
+    check_train_arch(arch, source, proposals, resume, given(options))
+    if arch == "fast":
+        from .fast import FastConfig, train_fast_model
+
+        report = train_fast_model(source, proposals, out, configured(FastConfig(), options), echo=click.echo)
+    else:
+        from .train import TrainConfig, train
+
+        report = train(source, out, configured(TrainConfig(), options), resume=resume)
     click.echo(format_report(report))
     click.echo(f"model saved to {out}")
+
+
+def check_train_arch(arch: str, source: Path, proposals: Path | None, resume: bool, options: dict[str, Any]) -> None:
+    """Raise UsageError when the input or an option given does not fit the architecture."""
+    fields = {f.name for f in dataclasses.fields(resolve(FAST if arch == "fast" else TRAIN))}
+    foreign = sorted(set(options) - fields)
+    if foreign:
+        raise click.UsageError(f"--arch {arch} has no setting {', '.join(foreign)}")
+    if arch == "fast" and (source.is_dir() or proposals is None or resume):
+        raise click.UsageError("--arch fast trains from a parsed dataset file (`rcnn parse`) and --proposals "
+                               "(`rcnn propose`), without --resume")
+    if arch == "rcnn" and (not source.is_dir() or proposals is not None):
+        raise click.UsageError("--arch rcnn trains from a region-set folder (`rcnn crop`); --proposals is for --arch fast")
 
 
 # --------------------------------------------------------------------------- detect
@@ -347,7 +391,7 @@ detect_options = apply(
     option_for(DETECT, "vote_iou", "--vote-iou", type=click.FloatRange(0, 1), help="Box voting after NMS: average each kept box with same-class boxes overlapping it at this IoU, by score; 0 = off."),
     option_for(DETECT, "box_regression", "--no-box-regression", is_flag=True, flag_value=False, help="Do not refine boxes with the model's box regressor."),
     option_for(DETECT, "max_detections", "--max-detections", type=click.IntRange(1), help="At most N boxes per image, best first."),
-    option_for(DETECT, "score_proposals", "--detect-proposals", type=click.IntRange(1), help="Score the first N proposals of each image."),
+    option_for(DETECT, "score_proposals", "--detect-proposals", type=click.IntRange(0), help="Score the first N proposals of each image; 0 = by architecture (rcnn 500, fast 2000)."),
     option_for(DETECT, "forward_batch", "--forward-batch", type=click.IntRange(0), help="Crops per forward pass; 0 = auto (4 on a CPU, measured fastest on 2 cores; 64 on a GPU)."),
     click.option("--batch-size", "batch_size", type=click.IntRange(0), hidden=True,
                  deprecated="--batch-size meant crops per forward pass here; use --forward-batch"),
@@ -440,21 +484,23 @@ def echo_result(report: Any, out: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for every stage's output and metrics.json.")
 @click.option("--classes", callback=csv_list, help="Comma-separated class names to keep (default: all).")
 @option_for(PIPELINE, "test_fraction", "--test-fraction", type=click.FloatRange(0, 1, max_open=True), help="Test share when the dataset has no ImageSets split files.")
+@option_for(PIPELINE, "arch", "--arch", type=click.Choice(ARCHS), help="fast: Fast R-CNN (one backbone pass per image); rcnn: crops and a region classifier.")
 @BACKBONE
 @option_for(TRAIN, "weights", "--weights", help="imagenet, none, or a path to a state dict.")
-@option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), help="Training epochs (at most, with --patience).")
-@option_for(TRAIN, "patience", "--patience", type=click.IntRange(0), help="Stop once the validation loss has not improved for N epochs; 0 = run every epoch.")
-@option_for(TRAIN, "optimizer", "--optimizer", type=RegistryChoice("train:OPTIMIZERS"), help="Training optimiser.")
-@option_for(TRAIN, "lr", "--lr", type=click.FloatRange(0, min_open=True), help="Learning rate.")
-@option_for(TRAIN, "hflip", "--hflip", is_flag=True, help="Horizontal-flip augmentation.")
-@option_for(CROP, "size", "--size", type=click.IntRange(8), help="Crop side in pixels (also the network input).")
-@option_for(CROP, "neg_per_image", "--neg-per-image", type=click.IntRange(-1), help="Background regions sampled per training image.")
+@option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), also=FAST_DEFAULT, help="Training epochs (at most, with --patience).")
+@option_for(TRAIN, "patience", "--patience", type=click.IntRange(0), help="--arch rcnn: stop once the validation loss has not improved for N epochs; 0 = run every epoch.")
+@option_for(TRAIN, "optimizer", "--optimizer", type=RegistryChoice("train:OPTIMIZERS"), help="--arch rcnn: training optimiser.")
+@option_for(TRAIN, "lr", "--lr", type=click.FloatRange(0, min_open=True), also=FAST_DEFAULT, help="Learning rate.")
+@option_for(TRAIN, "hflip", "--hflip/--no-hflip", also=FAST_DEFAULT, help="Horizontal-flip augmentation.")
+@option_for(FAST, "image_size", "--image-size", type=click.IntRange(32, 2048), help="--arch fast: resize images so the short side is N pixels.")
+@option_for(CROP, "size", "--size", type=click.IntRange(8), help="--arch rcnn: crop side in pixels (also the network input).")
+@option_for(CROP, "neg_per_image", "--neg-per-image", type=click.IntRange(-1), help="--arch rcnn: background regions sampled per training image.")
 @option_for(PIPELINE, "workers", "--workers", type=click.IntRange(0), help="Selective-search processes; 0 = one per core.")
 @propose_options()
 @detect_options
 @handle_errors
 def pipeline_cmd(data: Path, out: Path, **options: Any) -> None:
-    """Run parse → propose → crop → train → detect → evaluate on the VOC dataset DATA."""
+    """Run parse → propose → (crop →) train → detect → evaluate on the VOC dataset DATA."""
     from .pipeline import PipelineConfig, run_pipeline
 
     # each option goes to the stage settings with a field of its name (--device: training and detection)

@@ -27,7 +27,7 @@ from .boxes import box_iou, clip_boxes, encode, expand_for_context
 from .errors import DataError
 from .io import digest, file_digest, load_rgb, output_dir, print_err, write_atomic, write_csv, write_json
 from .parse import Annotation, Dataset
-from .propose import ProposalSet
+from .propose import ProposalSet, check_proposals
 
 BACKGROUND = "background"
 # Regions are warped from a copy whose long side is at most this: crops are a few hundred pixels,
@@ -44,6 +44,10 @@ class CropConfig:
     pos_iou: float = 0.5  # object when IoU with a ground-truth box >= this (the reference pipeline's 0.5)
     neg_iou: float = 0.5  # background when the best IoU < this; in between: ignored
     neg_per_image: int = 64  # background regions sampled per image (every positive is kept); -1 keeps all
+    # Share of those drawn from the backgrounds that overlap an object at IoU >= hard_iou (a head, two
+    # animals at once), as R-CNN's negatives did; the rest at random. 0 = all at random (the reference's way).
+    hard_fraction: float = 0.5
+    hard_iou: float = 0.1
     size: int = 224  # warped crop side in pixels
     context: int = 16  # pixels of surrounding image kept around the box at that size (R-CNN: 16)
     codec: str = "jpeg"  # "jpeg" (small, quality 95) or "png" (lossless)
@@ -52,6 +56,8 @@ class CropConfig:
     seed: int = 0  # background sampling seed
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.hard_fraction <= 1.0 or not 0.0 <= self.hard_iou <= 1.0:
+            raise ValueError(f"need hard_fraction and hard_iou in [0, 1], got {self.hard_fraction}, {self.hard_iou}")
         if not 0.0 < self.pos_iou <= 1.0 or not 0.0 <= self.neg_iou <= self.pos_iou:
             raise ValueError(f"need 0 <= neg_iou <= pos_iou <= 1, got neg_iou={self.neg_iou}, pos_iou={self.pos_iou}")
         if self.codec not in CODECS:
@@ -85,12 +91,20 @@ def label_regions(
     return labels.astype(np.int64), best.astype(np.float32), np.where(best > 0, matched, -1).astype(np.int64)
 
 
-def select_regions(labels: np.ndarray, neg_per_image: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices to keep: every positive and up to ``neg_per_image`` random backgrounds (-1: all), in order."""
+def select_regions(labels: np.ndarray, neg_per_image: int, rng: np.random.Generator, ious: np.ndarray | None = None,
+                   hard_fraction: float = 0.0, hard_iou: float = 0.1) -> np.ndarray:
+    """Indices to keep, in order: every positive and up to ``neg_per_image`` backgrounds (-1: all).
+
+    Up to ``hard_fraction`` of the backgrounds are drawn from those whose IoU (``ious``) with an
+    object is at least ``hard_iou`` (partial overlaps), the rest from all the others, at random.
+    """
     pos = np.flatnonzero(labels > 0)
     neg = np.flatnonzero(labels == 0)
     if 0 <= neg_per_image < len(neg):
-        neg = rng.choice(neg, size=neg_per_image, replace=False)
+        hard = neg[ious[neg] >= hard_iou] if ious is not None and hard_fraction > 0 else neg[:0]
+        hard = rng.choice(hard, size=min(len(hard), round(hard_fraction * neg_per_image)), replace=False)
+        rest = np.setdiff1d(neg, hard)
+        neg = np.concatenate([hard, rng.choice(rest, size=neg_per_image - len(hard), replace=False)])
     return np.sort(np.concatenate([pos, neg]))
 
 
@@ -175,7 +189,7 @@ def crop_image(ann: Annotation, proposals: np.ndarray, classes: list[str], confi
     boxes = np.concatenate([gt, proposals]) if config.include_gt and len(gt) else proposals
     labels, ious, matched = label_regions(boxes, gt, gt_labels, config.pos_iou, config.neg_iou)
     rng = np.random.default_rng([config.seed, zlib.crc32(ann.id.encode())])
-    keep = select_regions(labels, config.neg_per_image, rng)
+    keep = select_regions(labels, config.neg_per_image, rng, ious, config.hard_fraction, config.hard_iou)
     n_ignored = int((labels == IGNORE).sum())
     n_unsampled = int((labels == 0).sum()) - int((labels[keep] == 0).sum())
     boxes, labels, ious, matched = boxes[keep], labels[keep], ious[keep], matched[keep]
@@ -258,15 +272,7 @@ def crop_dataset(
     images = dataset.split(split)
     if not images:
         raise DataError(f"no images in split '{split}'")
-    missing = [a.id for a in images if a.id not in set(pset.ids)]
-    if missing:
-        raise DataError(f"{len(missing)} {split} images have no proposals in {proposals_dir} (first: {missing[0]}); run `rcnn propose --split {split}`")
-    image_sha = {a.id: file_digest(a.path) for a in images}
-    for a in images:
-        rec = pset.record(a.id)
-        if rec is None or rec.get("image_sha1") != image_sha[a.id]:
-            raise DataError(f"the proposals of '{a.id}' in {proposals_dir} were not computed from {a.path} "
-                            "(another dataset, a changed image or an older rcnn); run `rcnn propose` for this dataset")
+    image_sha = check_proposals(pset, images, split)
     classes = [BACKGROUND] + list(dataset.classes)
     out = output_dir(out, "crops")
     (out / "meta.json").unlink(missing_ok=True)  # ours; until rewritten below, train refuses a half-rebuilt set

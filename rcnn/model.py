@@ -100,7 +100,7 @@ def pick_device(name: str = "auto") -> torch.device:
 class LoadedModel:
     """A model folder, loaded: the network in eval mode and its typed settings."""
 
-    net: RegionClassifier
+    net: nn.Module  # a RegionClassifier (arch "rcnn") or a rcnn.fast.FastRCNN (arch "fast")
     config: ModelConfig
     device: torch.device = torch.device("cpu")
 
@@ -135,6 +135,23 @@ class LoadedModel:
             probs[s : s + batch_size], deltas[s : s + batch_size] = p.float().cpu().numpy(), d.float().cpu().numpy()
         return probs, deltas
 
+    @property
+    def arch(self) -> str:
+        return self.config.arch
+
+    def score_boxes(self, image: np.ndarray, boxes: np.ndarray, batch_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities ``[N, C]`` and box deltas ``[N, C, 4]`` of ``boxes`` (original pixels) in an RGB image.
+
+        A Fast R-CNN model pools them from one pass over the image; an R-CNN model warps each
+        region as in training (same share of context) and classifies the crops in batches.
+        """
+        if self.arch == "fast":
+            return self.net.predict(image, boxes)
+        from .crop import warp_regions
+
+        crop, size = self.config.crop, self.input_size
+        return self.predict(warp_regions(image, boxes, size, int(round(crop.context * size / crop.size))), batch_size)
+
     def scores(self, crops: np.ndarray, batch_size: int = 0) -> np.ndarray:
         """Softmax class probabilities ``[N, n_classes]`` of uint8 crops ``[N, H, W, 3]``."""
         return self.predict(crops, batch_size)[0]
@@ -143,6 +160,7 @@ class LoadedModel:
 # --------------------------------------------------------------------------- the model folder
 
 MODEL_FORMAT = "rcnn-model-v1"
+ARCHS = ("rcnn", "fast")
 WEIGHTS = "model.pt"
 MAX_INPUT_SIZE = 1024  # network input side; larger crops only cost time and memory
 
@@ -162,7 +180,12 @@ class ModelConfig:
     std: tuple[float, float, float]
     hidden: int = 128  # head width
     dropout: float = 0.2  # head dropout
-    arch: str = "rcnn"  # "rcnn": a classifier of warped region crops
+    arch: str = "rcnn"  # "rcnn": a classifier of warped region crops; "fast": Fast R-CNN (rcnn.fast)
+    # Fast R-CNN only (input_size is then the short side images are resized to):
+    max_size: int = 0  # long side limit of the resized image
+    frozen_stages: int = 0  # backbone stages before the trained ones
+    roi_size: int = 0  # RoIAlign output side
+    fine_features: bool = False  # regions pooled from the stride-8 map too
     crop: CropConfig = field(default_factory=CropConfig)  # crop geometry used in training (size, context)
     propose: ProposeConfig = field(default_factory=ProposeConfig)  # selective search used in training
     train: dict[str, Any] = field(default_factory=dict)  # the TrainConfig, for the record
@@ -193,8 +216,14 @@ class ModelConfig:
             setattr(self, name, tuple(float(x) for x in v))
         if not _is_int(self.hidden) or not 1 <= self.hidden <= 65536 or not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ValueError(f"'hidden={self.hidden!r}', 'dropout={self.dropout!r}' are invalid")
-        if self.arch != "rcnn":
-            raise ValueError(f"'arch={self.arch!r}' is unknown; this version reads rcnn models")
+        if self.arch not in ARCHS:
+            raise ValueError(f"'arch={self.arch!r}' is unknown; this version reads {' and '.join(ARCHS)} models")
+        if self.arch == "fast" and not (_is_int(self.max_size) and self.input_size <= self.max_size <= 2048
+                                        and _is_int(self.frozen_stages) and 0 <= self.frozen_stages <= 4
+                                        and _is_int(self.roi_size) and 1 <= self.roi_size <= 64
+                                        and isinstance(self.fine_features, bool)):
+            raise ValueError(f"'max_size={self.max_size!r}', 'frozen_stages={self.frozen_stages!r}', "
+                             f"'roi_size={self.roi_size!r}' are invalid for a fast model")
         if not isinstance(self.files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in self.files.items()):
             raise ValueError("'files' must map file names to SHA-1 digests")
 
@@ -314,16 +343,27 @@ def load_model(folder: str | Path, device: str = "auto") -> LoadedModel:
     cfg = ModelConfig.load(folder)
     data, weights = read_committed(folder, WEIGHTS, cfg)
     state = load_state(weights, "model weights", data)
-    backbone = build_backbone(cfg.backbone, "none")  # weights come from model.pt
-    net = RegionClassifier(backbone, len(cfg.classes), cfg.hidden, cfg.dropout)
+    net = build_network(cfg)
     try:
         net.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise DataError(f"model folder {folder} is inconsistent: {weights.name} does not fit its config.json "
                         f"({str(e).splitlines()[0][:200]})") from None
     dev = pick_device(device)
-    net = net.to(dev).eval().to(memory_format=torch.channels_last)
+    net = net.to(dev).eval()
+    if cfg.arch == "rcnn":
+        net = net.to(memory_format=torch.channels_last)
     return LoadedModel(net, cfg, dev)
+
+
+def build_network(cfg: ModelConfig) -> nn.Module:
+    """The untrained network a model config describes (its weights come from ``model.pt``)."""
+    if cfg.arch == "fast":
+        from .fast import FastRCNN
+
+        return FastRCNN(cfg.backbone, "none", len(cfg.classes), cfg.input_size, cfg.max_size, cfg.frozen_stages,
+                        cfg.roi_size, cfg.hidden, cfg.fine_features)
+    return RegionClassifier(build_backbone(cfg.backbone, "none"), len(cfg.classes), cfg.hidden, cfg.dropout)
 
 
 def load_state(path: str | Path, what: str, data: bytes | None = None) -> Any:

@@ -17,6 +17,7 @@ from .crop import CropConfig, crop_dataset
 from .detect import DetectConfig, detect
 from .errors import DataError
 from .evaluate import evaluate, format_report as format_eval, load_detections
+from .fast import FastConfig, train_fast_model
 from .io import output_dir, print_err, write_json
 from .model import load_model
 from .parse import Dataset, format_summary, parse_dataset
@@ -25,6 +26,7 @@ from .synth import make_dataset
 from .train import TrainConfig, format_report as format_train, train
 
 METRICS_FORMAT = "rcnn-metrics-v1"
+ARCHS = ("fast", "rcnn")
 
 
 @dataclass
@@ -35,10 +37,18 @@ class PipelineConfig:
     test_fraction: float = 0.2  # test share of the seeded split, used when the dataset has no ImageSets split files
     seed: int = 0  # seed of that split
     workers: int = 0  # selective-search processes; 0 = one per core
+    # "fast": Fast R-CNN (one backbone pass per image, rcnn.fast); "rcnn": the classic path (crops, a
+    # region classifier). Measured on raccoon and bccd (README): fast is more accurate and faster.
+    arch: str = "fast"
     propose: ProposeConfig = field(default_factory=ProposeConfig)
-    crop: CropConfig = field(default_factory=CropConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    crop: CropConfig = field(default_factory=CropConfig)  # arch rcnn
+    train: TrainConfig = field(default_factory=TrainConfig)  # arch rcnn
+    fast: FastConfig = field(default_factory=FastConfig)  # arch fast
     detect: DetectConfig = field(default_factory=DetectConfig)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"'arch={self.arch}' is invalid; valid architectures are {', '.join(ARCHS)}")
 
     def with_settings(self, **settings: Any) -> PipelineConfig:
         """A copy with each setting given by field name, wherever that field is.
@@ -59,8 +69,10 @@ class PipelineConfig:
         return replace(self, **{k: v for k, v in given.items() if k in names}, **updated)
 
     def to_json(self) -> dict[str, Any]:
-        """The stage settings as metrics.json records them (detection's proposals come from the propose stage)."""
-        return {"propose": asdict(self.propose), "crop": asdict(self.crop), "train": asdict(self.train),
+        """The settings of the stages this architecture runs, as metrics.json records them
+        (detection's proposals come from the propose stage)."""
+        stages = {"crop": asdict(self.crop), "train": asdict(self.train)} if self.arch == "rcnn" else {"train": asdict(self.fast)}
+        return {"arch": self.arch, "propose": asdict(self.propose), **stages,
                 "detect": {k: v for k, v in asdict(self.detect).items() if k != "propose"}}
 
 
@@ -95,6 +107,7 @@ class PipelineReport:
     val_precision: dict[str, float]
     detect_seconds_per_image: float  # scoring only: the proposals come from the propose stage
     seconds: dict[str, float]  # stage -> seconds, and "total"
+    arch: str  # "fast" or "rcnn"
     backbone: str
     config: dict[str, Any]  # PipelineConfig.to_json()
 
@@ -139,13 +152,18 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | Non
         ds = parse_stage(data, out / "parsed.json", config, echo, warn)
     with timer.stage("propose"):
         propose_dataset(ds, out / "proposals", config.propose, split="all", workers=config.workers, echo=echo, warn=warn)
-        proposals = recall_on_test_split(ds, out / "proposals", config.detect.score_proposals, echo)
-    with timer.stage("crop"):
-        crops = crop_dataset(ds, out / "proposals", out / "crops", config.crop, split="train", warn=warn)
-        echo(f"{crops['regions']} regions: " + ", ".join(f"{c} {n}" for c, n in crops["kept"].items()))
-    with timer.stage("train"):
-        trained = train(out / "crops", out / "model", config.train)
-        echo(format_train(trained))
+        proposals = recall_on_test_split(ds, out / "proposals", config.detect.proposals_for(config.arch), echo)
+    if config.arch == "rcnn":
+        with timer.stage("crop"):
+            crops = crop_dataset(ds, out / "proposals", out / "crops", config.crop, split="train", warn=warn)
+            echo(f"{crops['regions']} regions: " + ", ".join(f"{c} {n}" for c, n in crops["kept"].items()))
+        with timer.stage("train"):
+            trained = train(out / "crops", out / "model", config.train)
+            echo(format_train(trained))
+    else:
+        with timer.stage("train"):
+            trained = train_fast_model(ds, out / "proposals", out / "model", config.fast, echo=echo)
+            echo(format_train(trained))
     with timer.stage("detect"):
         results = detect(load_model(out / "model", config.detect.device), [a.path for a in ds.split("test")],
                          out / "detect", config.detect, proposals=out / "proposals", echo=echo, warn=warn)
@@ -161,7 +179,8 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | Non
         n_test_images=len(ds.split("test")), n_train_images=len(ds.split("train")),
         val_recall=trained["val_recall"], val_precision=trained["val_precision"],
         detect_seconds_per_image=round(sum(score_seconds) / max(len(score_seconds), 1), 3),
-        seconds=timer.total(), backbone=config.train.backbone, config=config.to_json(),
+        seconds=timer.total(), arch=config.arch,
+        backbone=config.train.backbone if config.arch == "rcnn" else config.fast.backbone, config=config.to_json(),
     )
     write_json(out / "metrics.json", report.to_json())
     return report

@@ -706,7 +706,8 @@ def write_model(run: TrainRun, state: TrainState, epoch_seconds: float, t_start:
 def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"best epoch {report['best_epoch']}/{report['epochs']}: validation loss {report['val_loss']}, "
-        f"accuracy {report['val_accuracy']} on {report['regions']['val']} regions",
+        f"accuracy {report['val_accuracy']} on "
+        + (f"{report['regions']['val']} regions" if "regions" in report else f"the regions of {report['images']['val']} images"),
         f"{'class':<20}{'precision':>10}{'recall':>10}",
     ]
     for c in report["val_precision"]:

@@ -31,9 +31,10 @@ from rcnn.errors import DataError
 from rcnn.pipeline import PipelineConfig
 from rcnn.propose import ProposeConfig
 from rcnn.train import TrainConfig
+from rcnn.fast import FastConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = (ProposeConfig, CropConfig, TrainConfig, DetectConfig, PipelineConfig)
+CONFIGS = (ProposeConfig, CropConfig, TrainConfig, FastConfig, DetectConfig, PipelineConfig)
 
 
 def source_default(source: Any, name: str) -> Any:
@@ -72,14 +73,15 @@ def test_every_help_default_is_the_library_default():
         if p.is_flag and not p.secondary_opts:  # a one-sided flag: giving it changes the default
             assert p.flag_activation_value != default, (command, p.opts)
             assert p.show_default is False and "[default:" not in line, (command, line)
-        elif p.is_flag:  # --freeze-backbone/--fine-tune: the side that is the default
-            assert p.show_default == (p.opts if default else p.secondary_opts)[0].lstrip("-")
-            assert f"[default: {p.show_default}]" in line, (command, line)
         elif p.default_text:  # detect's selective-search options default to the model's
             assert f"[default: {p.default_text}" in line, (command, line)
-        else:
-            assert p.show_default == str(default), (command, p.opts, p.show_default, default)
-            assert f"[default: {default}" in line, (command, line)
+        else:  # --freeze-backbone/--fine-tune: the side that is the default
+            text = (p.opts if default else p.secondary_opts)[0].lstrip("-") if p.is_flag else str(default)
+            if p.also and source_default(resolve(p.also[1]), p.name) != default:  # Fast R-CNN's default, where it differs
+                other = source_default(resolve(p.also[1]), p.name)
+                text += f"; {p.also[0]}: " + ((p.opts if other else p.secondary_opts)[0].lstrip("-") if p.is_flag else str(other))
+            assert p.show_default == text, (command, p.opts, p.show_default, default)
+            assert f"[default: {text}" in line, (command, line)
         assert p.default is None  # the CLI passes on only what the user set
         checked += 1
     assert checked >= 60
@@ -90,7 +92,8 @@ def test_no_option_writes_its_own_default_for_a_library_setting():
     fields = {f.name for cls in CONFIGS for f in dataclasses.fields(cls)}
     for command, p in all_options():
         if not isinstance(p, LibraryOption) and p.name not in ("help", "batch_size", "classes"):
-            assert p.name not in fields, (command, p.opts)
+            # train's --arch has no fixed default: it follows the input (a parsed file: fast, a crops folder: rcnn)
+            assert p.name not in fields or (command, p.name) == ("train", "arch"), (command, p.opts)
     # the few plain options left keep CLI-only defaults (folders, splits, output formats)
     no_default = (None, False, getattr(click.core, "UNSET", None))  # Click 8.3+ marks "no default" with UNSET
     plain = {(c, p.name) for c, p in all_options() if not isinstance(p, LibraryOption) and p.default not in no_default}
@@ -295,9 +298,9 @@ def test_makefile_forwards_only_the_settings_given(tmp_path):
 
     assert pipeline_line().split() == ["py", "-m", "rcnn.cli", "pipeline", '"data/synth"', "--out", '"runs/pipeline"']
     line = pipeline_line("DATA=../shared/datasets/raccoon", "OUT=runs/r", "BACKBONE=mobilenet_v2", "EPOCHS=3",
-                         "EXTRA=--hflip")
-    assert line.split()[4:] == ['"../shared/datasets/raccoon"', "--out", '"runs/r"', "--backbone", "mobilenet_v2",
-                                "--epochs", "3", "--hflip"]
+                         "EXTRA=--hflip", "ARCH=rcnn")
+    assert line.split()[4:] == ['"../shared/datasets/raccoon"', "--out", '"runs/r"', "--arch", "rcnn", "--backbone",
+                                "mobilenet_v2", "--epochs", "3", "--hflip"]
     assert "--size" not in pipeline_line(env={**os.environ, "SIZE": "99"})  # only the command line counts
 
 

@@ -14,7 +14,7 @@ from rcnn.train import TrainConfig
 
 METRICS_KEYS = {"format", "map50", "map50_95", "ap50", "proposal_recall50", "proposal_recall70", "scored_proposal_recall50",
                 "n_test_images", "n_train_images", "val_recall", "val_precision", "detect_seconds_per_image", "seconds",
-                "backbone", "config"}
+                "arch", "backbone", "config"}
 
 
 def test_pipeline_on_layout_without_imagesets(tmp_path, synth_data):
@@ -22,13 +22,14 @@ def test_pipeline_on_layout_without_imagesets(tmp_path, synth_data):
     shutil.copytree(synth_data / "Annotations", data / "annotations")
     shutil.copytree(synth_data / "JPEGImages", data / "images")
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["pipeline", str(data), "--out", str(out), "--epochs", "3", "--size", "64",
+    res = CliRunner().invoke(main, ["pipeline", str(data), "--out", str(out), "--arch", "rcnn", "--epochs", "3", "--size", "64",
                                     "--neg-per-image", "16", "--max-side", "200", "--test-fraction", "0.25", "--optimizer", "adam"])
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert set(m) == METRICS_KEYS and m["format"] == "rcnn-metrics-v1" and m["backbone"] == "efficientnet_lite0"
+    assert m["arch"] == "rcnn" and m["config"]["arch"] == "rcnn"
     assert m["config"]["train"]["optimizer"] == "adam" and m["config"]["crop"]["size"] == 64
-    assert "propose" not in m["config"]["detect"] and m["config"]["detect"]["score_proposals"] == 500
+    assert "propose" not in m["config"]["detect"] and m["config"]["detect"]["score_proposals"] == 0
     assert m["n_test_images"] == 3  # 25% of 12 images, deterministic split
     assert set(m["seconds"]) == {"parse", "propose", "crop", "train", "detect", "evaluate", "total"}
     assert m["seconds"]["total"] >= sum(v for k, v in m["seconds"].items() if k != "total") - 0.1
@@ -36,6 +37,21 @@ def test_pipeline_on_layout_without_imagesets(tmp_path, synth_data):
     assert 0.0 <= m["map50_95"] <= m["map50"] <= 1.0 and m["proposal_recall50"] > 0.8
     assert (out / "detect" / "detections.json").is_file() and (out / "pr_curve.png").is_file()
     assert "Traceback" not in res.output
+
+
+def test_fast_pipeline_is_the_default(tmp_path, synth_data):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["pipeline", str(synth_data), "--out", str(out), "--epochs", "4", "--image-size", "160",
+                                    "--max-side", "200", "--test-fraction", "0.25"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m) == METRICS_KEYS and m["arch"] == "fast" and m["config"]["arch"] == "fast"
+    assert m["config"]["train"]["image_size"] == 160 and m["config"]["train"]["epochs"] == 4 and "crop" not in m["config"]
+    assert set(m["seconds"]) == {"parse", "propose", "train", "detect", "evaluate", "total"}
+    assert not (out / "crops").exists()
+    assert set(m["ap50"]) == {"disc", "square"} and 0.0 <= m["map50_95"] <= m["map50"] <= 1.0
+    assert m["map50"] > 0.5, m  # discs and squares on noise: learnt in 4 epochs from ImageNet features
+    assert json.loads((out / "model" / "config.json").read_text())["arch"] == "fast"
 
 
 def test_pipeline_bad_folder_is_one_line(tmp_path):

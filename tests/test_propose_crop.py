@@ -60,6 +60,19 @@ def test_select_regions_keeps_all_positives():
     assert len(select_regions(labels, -1, np.random.default_rng(0))) == 102
 
 
+def test_select_regions_draws_partial_overlaps_first():
+    labels = np.array([0] * 100 + [1])
+    ious = np.zeros(101, np.float32)
+    ious[:6] = [0.1, 0.2, 0.3, 0.45, 0.05, 0.09]  # four partial overlaps (>= 0.1), two barely touching
+    keep = select_regions(labels, 10, np.random.default_rng(0), ious, hard_fraction=0.5, hard_iou=0.1)
+    assert len(keep) == 11 and {0, 1, 2, 3, 100} <= set(keep)  # all 4 hard ones (fewer than 5 exist) + 6 at random
+    keep = select_regions(labels, 4, np.random.default_rng(0), ious, hard_fraction=0.5, hard_iou=0.1)
+    assert len(keep) == 5 and len(set(keep) & {0, 1, 2, 3}) >= 2
+    # 0 = the reference's uniform sampling, whatever the overlaps
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    np.testing.assert_array_equal(select_regions(labels, 10, rng_a, ious, 0.0), select_regions(labels, 10, rng_b))
+
+
 def test_class_weights_match_sklearn():
     from sklearn.utils.class_weight import compute_class_weight
 
