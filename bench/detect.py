@@ -5,11 +5,14 @@
 2. The reference pipeline's settings (quality-mode selective search at full size,
    up to 2000 proposals, 224 px crops, one pass per region) against our defaults
    (``rcnn detect`` with a model trained by the default pipeline), seconds per image.
+3. Fast R-CNN (``--arch fast``, every proposal pooled from one backbone pass) against the
+   classic path (``--arch rcnn``), both at their defaults, on the same images and the same
+   stored proposals: seconds per image of scoring + NMS, and the ratio.
 
-Usage: python bench/detect.py [--model DIR] [--images 10] [--regions 200]
-Without --model, an untrained EfficientNet-Lite0 classifier at 224 px is used for
-both (random head weights are fine for timing). Part 1 compares the first
-``--regions`` proposals of each image.
+Usage: python bench/detect.py [--model DIR] [--fast-model DIR] [--images 10] [--regions 200] [--parts 1,2,3]
+Without --model, an untrained EfficientNet-Lite0 classifier at 224 px is used (random head
+weights are fine for timing); without --fast-model, a Fast R-CNN with ImageNet backbone
+weights and a random head. Part 1 compares the first ``--regions`` proposals of each image.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from rcnn.backbones import build_backbone
 from rcnn.crop import CropConfig
 from rcnn.detect import DetectConfig, detect_image, model_propose_config, score_regions
 from rcnn.io import load_rgb
+from rcnn.fast import FastConfig, build_net, model_config
 from rcnn.model import LoadedModel, ModelConfig, RegionClassifier, auto_batch_size, load_model
 from rcnn.propose import ProposeConfig, selective_search
 
@@ -38,23 +42,59 @@ def untrained(size: int = 224) -> LoadedModel:
     return LoadedModel(net, cfg)
 
 
+def untrained_fast() -> LoadedModel:
+    config = FastConfig()
+    net = build_net(config, 2).eval()
+    return LoadedModel(net, model_config(config, ["raccoon"], ProposeConfig(), net))
+
+
+def seconds_per_image(model: LoadedModel, images: list[np.ndarray], proposals: list[np.ndarray]) -> tuple[float, int]:
+    """Mean seconds per image of detection from stored proposals, and the mean number of regions scored."""
+    t = time.perf_counter()
+    n = sum(detect_image(model, img, DetectConfig(), boxes)[2] for img, boxes in zip(images, proposals))
+    return (time.perf_counter() - t) / len(images), n // len(images)
+
+
+def fast_against_classic(classic: LoadedModel, fast: LoadedModel, images: list[np.ndarray]) -> None:
+    """Part 3: same images, same proposals (the default selective search, computed once), each at its defaults."""
+    proposals = [selective_search(img, ProposeConfig()) for img in images]
+    detect_image(fast, images[0], DetectConfig(), proposals[0])  # warm-up of both
+    detect_image(classic, images[0], DetectConfig(), proposals[0][:50])
+    t_fast, n_fast = seconds_per_image(fast, images, proposals)
+    t_classic, n_classic = seconds_per_image(classic, images, proposals)
+    print(f"same images and proposals: classic R-CNN {t_classic:.2f} s/image ({n_classic} regions, one backbone pass each), "
+          f"Fast R-CNN {t_fast:.3f} s/image ({n_fast} regions, one backbone pass per image)")
+    print(f"images={len(images)} fast_vs_classic_speedup={t_classic / t_fast:.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", type=Path, help="a model folder from `rcnn train` (our defaults)")
     ap.add_argument("--images", type=int, default=10)
     ap.add_argument("--regions", type=int, default=200, help="regions per image for the score-agreement check")
+    ap.add_argument("--fast-model", type=Path, help="a model folder from `rcnn train --arch fast`")
+    ap.add_argument("--parts", default="1,2,3", help="which comparisons to run (comma-separated)")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     ds = raccoon_dataset("test", args.images)
     images = [load_rgb(a.path) for a in ds.images]
     ours = load_model(args.model) if args.model else untrained()
-    reference_model = untrained(224)
+    if "3" in parts:
+        fast_against_classic(ours, load_model(args.fast_model) if args.fast_model else untrained_fast(), images)
+    if "1" in parts:
+        same_model(ours, images, args.regions)
+    if "2" in parts:
+        against_reference(ours, images)
+
+
+def same_model(ours: LoadedModel, images: list[np.ndarray], regions: int) -> None:
 
     # 1. one pass per region against batches, same model and proposals
     t_single = t_batch = 0.0
     max_diff = 0.0
     n_regions = 0
     for img in images:
-        boxes = selective_search(img, model_propose_config(ours))[: args.regions]
+        boxes = selective_search(img, model_propose_config(ours))[:regions]
         n_regions += len(boxes)
         t = time.perf_counter()
         single, _ = score_regions(ours, img, boxes, batch_size=1)
@@ -66,8 +106,12 @@ def main() -> None:
     print(f"same model and proposals, {n_regions} regions: one pass per region {t_single:.1f} s, "
           f"batched {t_batch:.1f} s, ratio {t_single / t_batch:.2f}x, max |score difference| {max_diff:.2e}")
     assert max_diff < 1e-4, max_diff
+    print(f"images={len(images)} batched_vs_single={t_single / t_batch:.2f}x max_score_diff={max_diff:.1e}")
 
-    # 2. the reference pipeline's settings against our defaults, whole images
+
+def against_reference(ours: LoadedModel, images: list[np.ndarray]) -> None:
+    """Part 2: the reference pipeline's settings against our classic defaults, whole images."""
+    reference_model = untrained(224)
     ref_cfg = DetectConfig(threshold=0.8, score_proposals=2000, forward_batch=1,
                            propose=ProposeConfig(mode="quality", max_side=0, max_proposals=2000))
     t = time.perf_counter()
@@ -78,10 +122,9 @@ def main() -> None:
     for img in images:
         detect_image(ours, img, DetectConfig())
     t_ours = (time.perf_counter() - t) / len(images)
-    print(f"reference settings: {t_ref:.2f} s/image; our defaults ({ours.input_size} px, {DetectConfig().score_proposals} "
-          f"proposals, batch {auto_batch_size(ours.device)}): {t_ours:.2f} s/image")
-    print(f"images={len(images)} batched_vs_single={t_single / t_batch:.2f}x max_score_diff={max_diff:.1e} "
-          f"speedup_vs_reference={t_ref / t_ours:.1f}x")
+    print(f"reference settings: {t_ref:.2f} s/image; our classic defaults ({ours.input_size} px, "
+          f"{DetectConfig().proposals_for('rcnn')} proposals, batch {auto_batch_size(ours.device)}): {t_ours:.2f} s/image")
+    print(f"images={len(images)} speedup_vs_reference={t_ref / t_ours:.1f}x")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,12 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"  # "imagenet", "none" (random) or a path to a state dict
     freeze_backbone: bool = True  # train only the head (the reference pipeline's way) on cached features
-    epochs: int = 10  # passes over the training regions (at most, with patience); the model keeps the best validation epoch
-    patience: int = 0  # stop once the validation loss has not improved for this many epochs; 0 = run every epoch
+    # Passes over the training regions, at most: training stops once the validation loss has not improved
+    # for ``patience`` epochs (0 = run every epoch) and keeps the best epoch. On cached features an epoch
+    # takes ~0.2 s, so the length is chosen by validation: on raccoon the best epoch was 22, where the
+    # fixed 10 epochs stopped with the validation loss still falling (0.250 against 0.236).
+    epochs: int = 100
+    patience: int = 10
     batch_size: int = 128  # regions per batch
     # Share of object regions in each batch (R-CNN: 32 of 128 = 0.25). Measured on raccoon, image-held-out
     # validation: 0.5 raises object recall 0.86 -> 0.93 and background precision 0.94 -> 0.97, same mAP.
