@@ -170,3 +170,13 @@ def test_fast_proposals_must_come_from_the_images(synth_parsed: Path, synth_prop
     rec.write_text(json.dumps({**d, "image_sha1": "0" * 40}))
     with pytest.raises(DataError, match="were not computed from"):
         train_fast_model(synth_parsed, props, tmp_path / "m", FastConfig(**TINY), progress=False)
+
+
+def test_evaluate_runs_a_fast_model_folder(fast_model: Path, synth_parsed: Path, tmp_path: Path):
+    out = tmp_path / "eval.json"
+    res = CliRunner().invoke(main, ["evaluate", str(fast_model), str(synth_parsed), "--split", "test", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert 0.0 <= report["map50"] <= 1.0 and set(report["ap50"]) == {"disc", "square"}
+    summary = json.loads((tmp_path / "eval_detect" / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["failed"] == []
