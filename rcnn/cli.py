@@ -386,7 +386,8 @@ def check_train_arch(arch: str, source: Path, proposals: Path | None, resume: bo
 # --------------------------------------------------------------------------- detect
 
 detect_options = apply(
-    option_for(DETECT, "threshold", "--threshold", type=click.FloatRange(0, 1), help="Keep class scores at or above this (the reference pipeline used 0.8)."),
+    option_for(DETECT, "threshold", "--threshold", type=click.FloatRange(0, 1), default_text="by architecture: rcnn 0.3, fast 0.05",
+               help="Keep class scores at or above this (the reference pipeline used 0.8)."),
     option_for(DETECT, "nms_iou", "--nms-iou", type=click.FloatRange(0, 1, min_open=True), help="Class-wise NMS IoU (R-CNN: 0.3)."),
     option_for(DETECT, "vote_iou", "--vote-iou", type=click.FloatRange(0, 1), help="Box voting after NMS: average each kept box with same-class boxes overlapping it at this IoU, by score; 0 = off."),
     option_for(DETECT, "box_regression", "--no-box-regression", is_flag=True, flag_value=False, help="Do not refine boxes with the model's box regressor."),

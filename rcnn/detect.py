@@ -32,10 +32,10 @@ from .propose import ProposalSet, ProposeConfig, selective_search
 class DetectConfig:
     """Detection settings."""
 
-    # Keep class scores >= this (the reference pipeline used 0.8). mAP only gains from the low-scoring tail:
-    # on the dev splits (raccoon train 120/40, bccd train/val) Fast R-CNN gained 0.03 (raccoon) and 0.013 (bccd)
-    # mAP@0.5 from 0.3 -> 0.05. Annotated images draw only the boxes above draw_threshold.
-    threshold: float = 0.05
+    # Keep class scores >= this (the reference pipeline used 0.8); None = by architecture (SCORE_THRESHOLDS):
+    # 0.3 for rcnn (measured in its time), 0.05 for fast, which on the dev splits (raccoon train 120/40, bccd
+    # train/val) gained 0.03 (raccoon) and 0.013 (bccd) mAP@0.5 over 0.3. Images draw only >= draw_threshold.
+    threshold: float | None = None
     nms_iou: float = 0.3  # class-wise NMS IoU (R-CNN: 0.3)
     max_detections: int = 100  # per image, best first
     # Score the first N proposals of each image (SS rank order); 0 = by architecture: 500 for rcnn (one
@@ -53,7 +53,7 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         for name in ("threshold", "vote_iou", "draw_threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"'{name}={getattr(self, name)}' is invalid; it must lie in [0, 1]")
         if not 0.0 < self.nms_iou <= 1.0:
             raise ValueError(f"'nms_iou={self.nms_iou}' is invalid; it must lie in (0, 1]")
@@ -66,8 +66,14 @@ class DetectConfig:
         """How many proposals of each image a model of ``arch`` scores."""
         return self.score_proposals or SCORED_PROPOSALS[arch]
 
+    def resolved(self, arch: str) -> DetectConfig:
+        """This config with the per-architecture settings (threshold, score_proposals) made concrete."""
+        return replace(self, threshold=SCORE_THRESHOLDS[arch] if self.threshold is None else self.threshold,
+                       score_proposals=self.proposals_for(arch))
+
 
 SCORED_PROPOSALS = {"rcnn": 500, "fast": 2000}  # score_proposals=0: per architecture
+SCORE_THRESHOLDS = {"rcnn": 0.3, "fast": 0.05}  # threshold=None: per architecture
 
 
 @dataclass
@@ -109,6 +115,8 @@ def select_detections(boxes: np.ndarray, scores: np.ndarray, classes: list[str],
         deltas (ndarray[N, C, 4]): class-specific box regression (dx, dy, dw, dh), or None.
         image_size: (width, height) to clip refined boxes to.
     """
+    if config.threshold is None:
+        raise ValueError("select_detections needs a threshold: pass DetectConfig.resolved(arch)")
     fg = scores[:, 1:]
     rows, cols = np.nonzero(fg >= config.threshold)
     if len(rows) == 0:
@@ -143,9 +151,10 @@ def vote_boxes(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, keep: 
 def detect_image(model: LoadedModel, image: np.ndarray, config: DetectConfig, proposals: np.ndarray | None = None) -> tuple[list[Detection], dict[str, float], int]:
     """Detect objects in one RGB image; returns (detections, seconds per step, proposals scored)."""
     t0 = time.perf_counter()
+    config = config.resolved(model.arch)
     if proposals is None:
         proposals = selective_search(image, config.propose or model_propose_config(model))
-    boxes = proposals[: config.proposals_for(model.arch)]
+    boxes = proposals[: config.score_proposals]
     t1 = time.perf_counter()
     scores, deltas = score_regions(model, image, boxes, config.forward_batch)
     t2 = time.perf_counter()
@@ -236,7 +245,8 @@ def write_outputs(run: Path, results: list[ImageResult], model: LoadedModel, con
         "detections": sum(len(r.detections) for r in results),
         "seconds_per_image": round(float(np.mean(times)), 3) if times else None,
         "failed": failures,
-        "config": {**asdict(replace(config, propose=None)), "propose": asdict(config.propose or model_propose_config(model))},
+        "config": {**asdict(replace(config.resolved(model.arch), propose=None)),
+                   "propose": asdict(config.propose or model_propose_config(model))},
         "per_image": [{"image": r.path, "output": r.name, "detections": len(r.detections), "proposals": r.n_proposals, "seconds": r.seconds} for r in results],
     })
 

@@ -73,7 +73,7 @@ class PipelineConfig:
         (detection's proposals come from the propose stage)."""
         stages = {"crop": asdict(self.crop), "train": asdict(self.train)} if self.arch == "rcnn" else {"train": asdict(self.fast)}
         return {"arch": self.arch, "propose": asdict(self.propose), **stages,
-                "detect": {k: v for k, v in asdict(self.detect).items() if k != "propose"}}
+                "detect": {k: v for k, v in asdict(self.detect.resolved(self.arch)).items() if k != "propose"}}
 
 
 def _replace(config: Any, given: dict[str, Any]) -> Any:

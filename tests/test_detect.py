@@ -22,7 +22,7 @@ def test_select_detections_nms_is_class_wise():
     assert [(d.label, d.score) for d in dets] == [("cat", 0.9), ("dog", 0.7)]  # box 1 suppressed, box 3 below threshold
     dets = select_detections(boxes, scores, CLASSES, DetectConfig(threshold=0.35, nms_iou=0.3, max_detections=2))
     assert [d.score for d in dets] == [0.9, 0.7]
-    assert select_detections(np.zeros((0, 4)), np.zeros((0, 3)), CLASSES, DetectConfig()) == []
+    assert select_detections(np.zeros((0, 4)), np.zeros((0, 3)), CLASSES, DetectConfig(threshold=0.3)) == []
 
 
 def test_no_nms_would_keep_every_box():
@@ -107,10 +107,19 @@ def test_box_regression_moves_boxes_by_the_class_deltas():
     deltas = np.zeros((1, 3, 4), np.float32)
     deltas[0, 1] = [0.25, 0.0, np.log(2), 0.0]  # the cat column: shift right by a quarter width, double the width
     deltas[0, 2] = [5, 5, 5, 5]  # the dog column must not be used
-    (d,) = select_detections(boxes, scores, CLASSES, DetectConfig(), deltas, (200, 200))
+    (d,) = select_detections(boxes, scores, CLASSES, DetectConfig(threshold=0.3), deltas, (200, 200))
     np.testing.assert_allclose(d.box, [0, 10, 80, 50], atol=1e-3)  # centre 30 -> 40, width 40 -> 80
-    (d,) = select_detections(boxes, scores, CLASSES, DetectConfig(box_regression=False), deltas, (200, 200))
+    (d,) = select_detections(boxes, scores, CLASSES, DetectConfig(threshold=0.3, box_regression=False), deltas, (200, 200))
     assert d.box == [10, 10, 50, 50]
+
+
+def test_detection_settings_resolve_by_architecture():
+    assert DetectConfig().resolved("rcnn").threshold == 0.3 and DetectConfig().resolved("rcnn").score_proposals == 500
+    assert DetectConfig().resolved("fast").threshold == 0.05 and DetectConfig().resolved("fast").score_proposals == 2000
+    given = DetectConfig(threshold=0.5, score_proposals=10)
+    assert given.resolved("fast") == given.resolved("rcnn") == given
+    with pytest.raises(ValueError, match="resolved"):
+        select_detections(np.zeros((1, 4)), np.zeros((1, 3)), CLASSES, DetectConfig())
 
 
 def test_box_voting_averages_overlapping_boxes_by_score():

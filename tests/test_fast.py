@@ -136,7 +136,8 @@ def test_train_writes_a_model_folder_detect_knows(fast_model: Path, synth_parsed
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     # every stored proposal is scored (up to 2000) by a fast model
-    assert summary["per_image"][0]["proposals"] > 0 and summary["config"]["score_proposals"] == 0
+    assert summary["per_image"][0]["proposals"] > 0 and summary["config"]["score_proposals"] == 2000
+    assert summary["config"]["threshold"] == 0  # given; without it, 0.05 for a fast model
     dets = json.loads((tmp_path / "run" / "detections.json").read_text())
     assert dets and all(d["category"] in cfg.classes[1:] for d in dets)
 

@@ -29,7 +29,8 @@ def test_pipeline_on_layout_without_imagesets(tmp_path, synth_data):
     assert set(m) == METRICS_KEYS and m["format"] == "rcnn-metrics-v1" and m["backbone"] == "efficientnet_lite0"
     assert m["arch"] == "rcnn" and m["config"]["arch"] == "rcnn"
     assert m["config"]["train"]["optimizer"] == "adam" and m["config"]["crop"]["size"] == 64
-    assert "propose" not in m["config"]["detect"] and m["config"]["detect"]["score_proposals"] == 0
+    assert "propose" not in m["config"]["detect"] and m["config"]["detect"]["score_proposals"] == 500
+    assert m["config"]["detect"]["threshold"] == 0.3  # resolved for the architecture
     assert m["n_test_images"] == 3  # 25% of 12 images, deterministic split
     assert set(m["seconds"]) == {"parse", "propose", "crop", "train", "detect", "evaluate", "total"}
     assert m["seconds"]["total"] >= sum(v for k, v in m["seconds"].items() if k != "total") - 0.1
