@@ -302,6 +302,8 @@ def propose(parsed: Path, out: Path, split: str, **options: Any) -> None:
 @option_for(CROP, "context", "--context", type=click.IntRange(0), help="Pixels of surrounding image kept around each region at that size (R-CNN: 16).")
 @option_for(CROP, "codec", "--codec", type=RegistryChoice("crop:CODECS"), help="How crops are stored: jpeg (quality 95, small) or png (lossless).")
 @click.option("--format", "fmt", type=click.Choice(["shards", "imagefolder"]), default="shards", help="imagefolder also writes a torchvision ImageFolder tree of files.")
+@option_for(CROP, "mine_pool", "--mine-pool", type=click.IntRange(0), help="Backgrounds per image kept aside for hard-negative mining (rcnn train --mining-rounds); 0 = none.")
+@option_for(CROP, "mine_iou", "--mine-iou", type=click.FloatRange(0, 1), help="The mining pool's backgrounds overlap every object below this IoU (R-CNN: 0.3).")
 @option_for(CROP, "include_gt", "--no-gt", is_flag=True, flag_value=False, help="Do not add the ground-truth boxes themselves as positives.")
 @option_for(CROP, "seed", "--seed", type=int, help="Background sampling seed.")
 @handle_errors
@@ -348,6 +350,8 @@ FAST_DEFAULT = ("--arch fast", FAST)  # shared training options: where Fast R-CN
 @option_for(FAST, "image_size", "--image-size", type=click.IntRange(32, 2048), help="--arch fast: resize images so the short side is N pixels.")
 @option_for(FAST, "max_image_size", "--max-image-size", type=click.IntRange(32, 2048), help="--arch fast: ... and the long side at most N.")
 @option_for(FAST, "frozen_stages", "--frozen-stages", type=click.IntRange(0, 4), help="--arch fast: backbone stages kept frozen (their output is cached).")
+@option_for(TRAIN, "mining_rounds", "--mining-rounds", type=click.IntRange(0), help="--arch rcnn: rounds of hard-negative mining over the region set's mining pool (rcnn crop --mine-pool); 0 = off.")
+@option_for(TRAIN, "mine_per_image", "--mine-per-image", type=click.IntRange(1), help="--arch rcnn: highest-scoring pool backgrounds added per image and round.")
 @option_for(TRAIN, "seed", "--seed", type=int, help="Random seed (split, batches, initialisation).")
 @option_for(TRAIN, "device", "--device", help="auto (GPU when there is one), cpu or cuda.")
 @click.option("--resume", is_flag=True, help="--arch rcnn: continue an interrupted run from OUT/checkpoint.pt.")
@@ -496,6 +500,8 @@ def echo_result(report: Any, out: Path) -> None:
 @option_for(FAST, "image_size", "--image-size", type=click.IntRange(32, 2048), help="--arch fast: resize images so the short side is N pixels.")
 @option_for(CROP, "size", "--size", type=click.IntRange(8), help="--arch rcnn: crop side in pixels (also the network input).")
 @option_for(CROP, "neg_per_image", "--neg-per-image", type=click.IntRange(-1), help="--arch rcnn: background regions sampled per training image.")
+@option_for(CROP, "mine_pool", "--mine-pool", type=click.IntRange(0), help="--arch rcnn: backgrounds per training image kept aside for hard-negative mining.")
+@option_for(TRAIN, "mining_rounds", "--mining-rounds", type=click.IntRange(0), help="--arch rcnn: rounds of hard-negative mining over that pool; 0 = off.")
 @option_for(PIPELINE, "workers", "--workers", type=click.IntRange(0), help="Selective-search processes; 0 = one per core.")
 @propose_options()
 @detect_options

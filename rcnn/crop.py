@@ -48,6 +48,11 @@ class CropConfig:
     # animals at once), as R-CNN's negatives did; the rest at random. 0 = all at random (the reference's way).
     hard_fraction: float = 0.5
     hard_iou: float = 0.1
+    # Backgrounds per image kept aside, beyond neg_per_image, for hard-negative mining (R-CNN §2.3,
+    # ``rcnn train --mining-rounds``): drawn at random from those with IoU < mine_iou (R-CNN's negatives:
+    # < 0.3), never trained on until the classifier scores them among the highest of their image. 0 = none.
+    mine_pool: int = 0
+    mine_iou: float = 0.3
     size: int = 224  # warped crop side in pixels
     context: int = 16  # pixels of surrounding image kept around the box at that size (R-CNN: 16)
     codec: str = "jpeg"  # "jpeg" (small, quality 95) or "png" (lossless)
@@ -56,6 +61,8 @@ class CropConfig:
     seed: int = 0  # background sampling seed
 
     def __post_init__(self) -> None:
+        if self.mine_pool < 0 or not 0.0 <= self.mine_iou <= self.neg_iou:
+            raise ValueError(f"need mine_pool >= 0 and 0 <= mine_iou <= neg_iou, got mine_pool={self.mine_pool}, mine_iou={self.mine_iou}")
         if not 0.0 <= self.hard_fraction <= 1.0 or not 0.0 <= self.hard_iou <= 1.0:
             raise ValueError(f"need hard_fraction and hard_iou in [0, 1], got {self.hard_fraction}, {self.hard_iou}")
         if not 0.0 < self.pos_iou <= 1.0 or not 0.0 <= self.neg_iou <= self.pos_iou:
@@ -106,6 +113,14 @@ def select_regions(labels: np.ndarray, neg_per_image: int, rng: np.random.Genera
         rest = np.setdiff1d(neg, hard)
         neg = np.concatenate([hard, rng.choice(rest, size=neg_per_image - len(hard), replace=False)])
     return np.sort(np.concatenate([pos, neg]))
+
+
+def select_pool(labels: np.ndarray, ious: np.ndarray, keep: np.ndarray, n: int, max_iou: float,
+                rng: np.random.Generator) -> np.ndarray:
+    """Up to ``n`` backgrounds not in ``keep`` whose IoU is below ``max_iou``, at random, sorted (the mining pool)."""
+    free = np.flatnonzero((labels == 0) & (ious < max_iou))
+    free = free[~np.isin(free, keep)]
+    return np.sort(rng.choice(free, size=min(n, len(free)), replace=False)) if n > 0 else free[:0]
 
 
 def warp_regions(image: np.ndarray, boxes: np.ndarray, size: int, context: int, chunk: int = 64) -> np.ndarray:
@@ -182,7 +197,8 @@ def crop_image(ann: Annotation, proposals: np.ndarray, classes: list[str], confi
 
     Returns:
         Arrays of one shard: ``data``, ``offsets``, ``boxes``, ``labels`` (class ids, 0 background),
-        ``ious``, ``targets`` (dx, dy, dw, dh; zeros for background) and ``n_ignored``.
+        ``ious``, ``targets`` (dx, dy, dw, dh; zeros for background), ``pool`` (bool: kept aside for
+        hard-negative mining, ``config.mine_pool`` of them, last) and ``n_ignored``.
     """
     gt = ann.boxes()
     gt_labels = np.array([classes.index(l) for l in ann.labels()], np.int64)  # classes[0] is background
@@ -190,8 +206,11 @@ def crop_image(ann: Annotation, proposals: np.ndarray, classes: list[str], confi
     labels, ious, matched = label_regions(boxes, gt, gt_labels, config.pos_iou, config.neg_iou)
     rng = np.random.default_rng([config.seed, zlib.crc32(ann.id.encode())])
     keep = select_regions(labels, config.neg_per_image, rng, ious, config.hard_fraction, config.hard_iou)
+    pool = select_pool(labels, ious, keep, config.mine_pool, config.mine_iou, rng)
     n_ignored = int((labels == IGNORE).sum())
-    n_unsampled = int((labels == 0).sum()) - int((labels[keep] == 0).sum())
+    n_unsampled = int((labels == 0).sum()) - int((labels[keep] == 0).sum()) - len(pool)
+    in_pool = np.r_[np.zeros(len(keep), bool), np.ones(len(pool), bool)]
+    keep = np.concatenate([keep, pool])
     boxes, labels, ious, matched = boxes[keep], labels[keep], ious[keep], matched[keep]
     targets = np.zeros((len(keep), 4), np.float32)
     pos = labels > 0
@@ -206,6 +225,7 @@ def crop_image(ann: Annotation, proposals: np.ndarray, classes: list[str], confi
         "labels": labels,
         "ious": ious,
         "targets": targets,
+        "pool": in_pool,
         "n_ignored": np.array(n_ignored),  # proposals between neg_iou and pos_iou, not kept
         "n_unsampled": np.array(n_unsampled),  # background proposals left out by sampling
     }
@@ -303,7 +323,7 @@ def crop_dataset(
     # assemble the index, counts and weights from the shards
     rows = []
     kept = {c: 0 for c in classes}
-    ignored = unsampled = 0
+    ignored = unsampled = pooled = 0
     shard_bytes = 0
     for a in used:
         path = out / "shards" / f"{a.id}.npz"
@@ -311,13 +331,15 @@ def crop_dataset(
         shard_bytes += path.stat().st_size
         ignored += int(s["n_ignored"])
         unsampled += int(s["n_unsampled"])
+        pool = s["pool"] if "pool" in s else np.zeros(len(s["labels"]), bool)
+        pooled += int(pool.sum())
         for k in range(len(s["labels"])):
             label = classes[int(s["labels"][k])]
-            kept[label] += 1
+            kept[label] += int(not pool[k])  # the mining pool is not part of the training set's counts
             rows.append([a.id, k, *np.round(s["boxes"][k], 2).tolist(), label, int(s["labels"][k]),
-                         round(float(s["ious"][k]), 4), *np.round(s["targets"][k], 5).tolist()])
+                         round(float(s["ious"][k]), 4), *np.round(s["targets"][k], 5).tolist(), int(pool[k])])
     weights = class_weights(kept)
-    write_csv(out / "index.csv", ["image", "k", "x1", "y1", "x2", "y2", "label", "class_id", "iou", "dx", "dy", "dw", "dh"], rows)
+    write_csv(out / "index.csv", ["image", "k", "x1", "y1", "x2", "y2", "label", "class_id", "iou", "dx", "dy", "dw", "dh", "pool"], rows)
     if imagefolder:
         _write_imagefolder(out, used, classes, config.codec)
     meta = {
@@ -325,6 +347,7 @@ def crop_dataset(
         "classes": classes,
         "counts": kept,
         "class_weights": weights,
+        "mining_pool": pooled,  # backgrounds kept aside for hard-negative mining (not in counts)
         "images": [a.id for a in used],
         "split": split,
         "config": asdict(config),
@@ -338,6 +361,7 @@ def crop_dataset(
         "images": len(used),
         "regions": len(rows),
         "kept": kept,
+        "mining_pool": pooled,
         "ignored": ignored,
         "background_not_sampled": unsampled,
         "class_weights": weights,
@@ -360,7 +384,10 @@ def _write_imagefolder(out: Path, images: list[Annotation], classes: list[str], 
         (root / c).mkdir(parents=True, exist_ok=True)
     for a in images:
         s = load_shard(out / "shards" / f"{a.id}.npz")
+        pool = s["pool"] if "pool" in s else np.zeros(len(s["labels"]), bool)
         for k, label in enumerate(s["labels"]):
+            if pool[k]:
+                continue  # the mining pool is not part of the training set
             blob = s["data"][s["offsets"][k] : s["offsets"][k + 1]].tobytes()
             (root / classes[int(label)] / f"{a.id}_{k:05d}{ext}").write_bytes(blob)
 

@@ -65,10 +65,17 @@ class TrainConfig:
     hidden: int = 128  # head width (reference: 128)
     dropout: float = 0.2  # head dropout (reference: 0.2)
     feature_batch: int = 0  # crops per forward pass when extracting features; 0 = auto (4 on a CPU, 64 on a GPU)
+    # Hard-negative mining (R-CNN §2.3): after training, score the mining pool of each image (``rcnn crop
+    # --mine-pool``), add its ``mine_per_image`` highest-scoring backgrounds to the training (and validation)
+    # regions and train on, keeping the best validation epoch; repeated ``mining_rounds`` times. 0 = off.
+    mining_rounds: int = 0
+    mine_per_image: int = 16
     seed: int = 0  # validation split, batch order and head initialisation
     device: str = "auto"  # "auto" (GPU when there is one), "cpu" or "cuda"
 
     def __post_init__(self) -> None:
+        if self.mining_rounds < 0 or self.mine_per_image < 1:
+            raise ValueError(f"need mining_rounds >= 0 and mine_per_image >= 1, got {self.mining_rounds}, {self.mine_per_image}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"'optimizer={self.optimizer}' is invalid; valid optimizers are {', '.join(OPTIMIZERS)}")
         if not 0.0 < self.fg_fraction < 1.0:
@@ -100,6 +107,7 @@ class RegionSet:
     targets: np.ndarray  # [N, 4] float32 regression targets (dx, dy, dw, dh) to the matched box
     data: list[np.ndarray]  # encoded bytes of each region
     meta: dict[str, Any]
+    pool: np.ndarray  # [N] bool: kept aside for hard-negative mining, not trained on until mined
 
     @classmethod
     def load(cls, folder: str | Path) -> RegionSet:
@@ -111,7 +119,7 @@ class RegionSet:
             raise DataError(f"{folder} is not a region set written by `rcnn crop` ({meta_path} has no rcnn-crops-v1 format tag)")
         _check_meta(meta, meta_path)
         n_classes = len(meta["classes"])
-        labels, groups, data, ious, targets = [], [], [], [], []
+        labels, groups, data, ious, targets, pools = [], [], [], [], [], []
         keys = meta.get("shard_keys") or [None] * len(meta["images"])
         for g, (image_id, key) in enumerate(zip(meta["images"], keys)):
             path = folder / "shards" / f"{image_id}.npz"
@@ -121,7 +129,8 @@ class RegionSet:
             try:
                 off, lab = s["offsets"].astype(np.int64), s["labels"].astype(np.int64)
                 n = len(lab)
-                ok = (len(off) == n + 1 and s["targets"].shape == (n, 4) and len(s["ious"]) == n
+                pool = s["pool"].astype(bool) if "pool" in s else np.zeros(n, bool)
+                ok = (len(pool) == n and len(off) == n + 1 and s["targets"].shape == (n, 4) and len(s["ious"]) == n
                       and (lab >= 0).all() and (lab < n_classes).all() and (np.diff(off) >= 0).all()
                       and off[0] == 0 and off[-1] <= len(s["data"]))
             except (KeyError, ValueError, TypeError, AttributeError) as e:
@@ -131,13 +140,14 @@ class RegionSet:
             labels.append(lab)
             ious.append(s["ious"])
             targets.append(s["targets"])
+            pools.append(pool)
             groups.append(np.full(n, g))
             data += [s["data"][off[k] : off[k + 1]] for k in range(n)]
         if not data:
             raise DataError(f"region set {folder} is empty")
         return cls(folder, meta["classes"], meta["counts"], meta["class_weights"], np.concatenate(labels).astype(np.int64),
                    np.concatenate(groups).astype(np.int64), np.concatenate(ious).astype(np.float32),
-                   np.concatenate(targets).astype(np.float32).reshape(-1, 4), data, meta)
+                   np.concatenate(targets).astype(np.float32).reshape(-1, 4), data, meta, np.concatenate(pools))
 
     @property
     def crop_size(self) -> int:
@@ -449,7 +459,7 @@ def _save_plot(history: list[dict[str, float]], path: Path) -> None:
 
 def _write_history(history: list[dict[str, float]], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for h in history for k in h)))  # older entries lack "round"
         w.writeheader()
         w.writerows(history)
 
@@ -471,6 +481,7 @@ class TrainRun:
     model_config: ModelConfig
     weights: torch.Tensor | None
     rng: np.random.Generator
+    pool_idx: np.ndarray  # the mining pool's regions (of training and validation images), not yet added
     feature_seconds: float = 0.0
 
 
@@ -483,6 +494,10 @@ class TrainState:
     best_epoch: int = 0
     best_net: dict[str, torch.Tensor] | None = None  # the weights of the best epoch so far
     history: list[dict[str, float]] = field(default_factory=list)
+    round: int = 0  # hard-negative mining rounds done
+    round_start: int = 0  # the last epoch before this round
+    mined: list[int] = field(default_factory=list)  # regions added by mining, in the order mined
+    mined_per_round: list[int] = field(default_factory=list)
 
 
 def build_run(crops_dir: str | Path, out: str | Path, config: TrainConfig, progress: bool) -> TrainRun:
@@ -495,6 +510,10 @@ def build_run(crops_dir: str | Path, out: str | Path, config: TrainConfig, progr
         raise ValueError(f"'input_size={size}' is too large; it must be at most {MAX_INPUT_SIZE} (the crops are {regions.crop_size} px)")
     weights = resolve_class_weights(config.class_weights, regions)
     train_idx, val_idx = split_by_image(regions.labels, regions.groups, config.val_fraction, config.seed)
+    pool_idx = np.flatnonzero(regions.pool)
+    train_idx, val_idx = train_idx[~regions.pool[train_idx]], val_idx[~regions.pool[val_idx]]
+    if config.mining_rounds and not len(pool_idx):
+        raise DataError(f"region set {crops_dir} has no mining pool for --mining-rounds: re-run `rcnn crop` with --mine-pool N")
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise DataError(f"region set {crops_dir} has too few images ({int(regions.groups.max()) + 1}) for a validation split")
     if not (regions.labels[train_idx] > 0).any():
@@ -522,7 +541,7 @@ def build_run(crops_dir: str | Path, out: str | Path, config: TrainConfig, progr
                                else LiveFeatures(net, regions, config, prep, progress))
     criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     return TrainRun(config, out, regions, net, features, opt, criterion, train_idx, val_idx, device, model_config, weights,
-                    np.random.default_rng(config.seed), time.perf_counter() - t)
+                    np.random.default_rng(config.seed), pool_idx, time.perf_counter() - t)
 
 
 def load_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any]:
@@ -559,7 +578,10 @@ def resume_state(run: TrainRun, ckpt: dict[str, Any]) -> TrainState:
         run.optimizer.load_state_dict(ckpt["optimizer"])
         epoch = int(ckpt["epoch"])
         state = TrainState(epoch, float(ckpt["best_val_loss"]), int(ckpt["best_epoch"]),
-                           ckpt.get("best_net") or ckpt["net"], list(ckpt["history"]))
+                           ckpt.get("best_net") or ckpt["net"], list(ckpt["history"]), int(ckpt.get("round", 0)),
+                           int(ckpt.get("round_start", 0)), [int(i) for i in ckpt.get("mined", [])],
+                           [int(n) for n in ckpt.get("mined_per_round", [])])
+        add_regions(run, np.asarray(state.mined, np.int64))
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise DataError(f"checkpoint {path} does not fit this network ({len(run.regions.classes)} classes, "
                         f"{run.config.backbone}): {str(e).splitlines()[0][:200]}") from None
@@ -607,7 +629,8 @@ def save_checkpoint(run: TrainRun, state: TrainState) -> None:
     """``checkpoint.pt`` (atomically): the network, optimiser, best weights and history, for ``--resume``."""
     ckpt = {"net": run.net.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": state.epoch,
             "best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "best_net": state.best_net,
-            "history": state.history, "config": asdict(run.config), "regions": run.regions.meta.get("content_key")}
+            "history": state.history, "config": asdict(run.config), "regions": run.regions.meta.get("content_key"),
+            "round": state.round, "round_start": state.round_start, "mined": state.mined, "mined_per_round": state.mined_per_round}
     write_atomic(run.out / "checkpoint.pt", lambda p: torch.save(ckpt, p))
 
 
@@ -628,15 +651,34 @@ def train(crops_dir: str | Path, out: str | Path, config: TrainConfig | None = N
 
 
 def _train(crops_dir: str | Path, out: str | Path, config: TrainConfig, resume: bool, progress: bool, t_start: float) -> dict[str, Any]:
-    from tqdm import tqdm
-
     ckpt = load_checkpoint(Path(out), config) if resume else None
     run = build_run(crops_dir, out, config, progress)
     finish_commit(run.out, _committed_config(run.out))
     state = resume_state(run, ckpt) if ckpt is not None else TrainState()
-    epoch_seconds = []
-    for epoch in tqdm(range(state.epoch + 1, config.epochs + 1), desc="epochs", unit="epoch", disable=None if progress else True,
-                      initial=state.epoch, total=config.epochs):
+    epoch_seconds: list[float] = []
+    while True:
+        train_round(run, state, epoch_seconds, progress)
+        if state.round >= config.mining_rounds:
+            break
+        state.mined_per_round.append(mine_hard_negatives(run, state))
+        state.round, state.round_start = state.round + 1, state.epoch
+        save_checkpoint(run, state)
+    return write_model(run, state, sum(epoch_seconds), t_start)
+
+
+def train_round(run: TrainRun, state: TrainState, epoch_seconds: list[float], progress: bool) -> None:
+    """Epochs until ``config.epochs`` of this round have run or validation has not improved for ``config.patience``."""
+    from tqdm import tqdm
+
+    config = run.config
+    def patience_spent() -> bool:
+        return bool(config.patience) and state.epoch - max(state.best_epoch, state.round_start) >= config.patience
+
+    last = state.round_start + config.epochs
+    if patience_spent():
+        return  # a resumed run that had already stopped this round
+    for epoch in tqdm(range(state.epoch + 1, last + 1), desc="epochs" + (f" (mining round {state.round})" if state.round else ""),
+                      unit="epoch", disable=None if progress else True, initial=state.epoch - state.round_start, total=config.epochs):
         t = time.perf_counter()
         train_loss, train_acc = train_one_epoch(run, epoch)
         val_loss, val_pred = evaluate(run, run.val_idx)
@@ -646,14 +688,52 @@ def _train(crops_dir: str | Path, out: str | Path, config: TrainConfig, resume: 
         state.epoch = epoch
         state.history.append({"epoch": epoch, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
                               "val_loss": round(val_loss, 5), "val_acc": round(float((val_pred == run.regions.labels[run.val_idx]).mean()), 5),
-                              "seconds": round(epoch_seconds[-1], 3)})
+                              "seconds": round(epoch_seconds[-1], 3), "round": state.round})
         if val_loss < state.best_val_loss:
             state.best_val_loss, state.best_epoch = val_loss, epoch
             state.best_net = {k: v.detach().clone().cpu() for k, v in run.net.state_dict().items()}
         save_checkpoint(run, state)
-        if config.patience and epoch - state.best_epoch >= config.patience:
+        if patience_spent():
             break  # validation has stopped improving: the best epoch is kept
-    return write_model(run, state, sum(epoch_seconds), t_start)
+
+
+def top_k_per_group(scores: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` highest ``scores`` within each group (ties by position), sorted."""
+    order = np.lexsort((-scores, groups))  # by group, then by descending score
+    g = groups[order]
+    rank = np.arange(len(g)) - np.searchsorted(g, g, side="left")
+    return np.sort(order[rank < k])
+
+
+def add_regions(run: TrainRun, idx: np.ndarray) -> None:
+    """Move mined regions ``idx`` from the pool into the training or validation regions (by their image)."""
+    if not len(idx):
+        return
+    is_val = np.isin(run.regions.groups[idx], np.unique(run.regions.groups[run.val_idx]))
+    run.train_idx = np.union1d(run.train_idx, idx[~is_val])
+    run.val_idx = np.union1d(run.val_idx, idx[is_val])
+    run.pool_idx = np.setdiff1d(run.pool_idx, idx)
+
+
+@torch.inference_mode()
+def mine_hard_negatives(run: TrainRun, state: TrainState) -> int:
+    """R-CNN's hard-negative mining over the pool: with the best weights so far, add each image's
+    ``mine_per_image`` pool backgrounds of highest object score; re-measure the best validation loss
+    on the enlarged validation regions. Returns how many regions were added."""
+    if state.best_net is not None:
+        run.net.load_state_dict(state.best_net)
+    pool = run.pool_idx
+    if not len(pool):
+        return 0
+    run.net.eval()
+    no_flip = np.zeros(512, bool)
+    z = torch.cat([run.features.inputs(pool[s : s + 512], no_flip[: len(pool[s : s + 512])]) for s in range(0, len(pool), 512)])
+    fg_score = (1.0 - torch.softmax(z.float(), 1)[:, 0]).cpu().numpy()
+    chosen = pool[top_k_per_group(fg_score, run.regions.groups[pool], run.config.mine_per_image)]
+    add_regions(run, chosen)
+    state.mined += chosen.tolist()
+    state.best_val_loss, _ = evaluate(run, run.val_idx)  # the best weights, judged on the new validation regions
+    return int(len(chosen))
 
 
 def _committed_config(folder: Path) -> ModelConfig | None:
@@ -685,6 +765,7 @@ def write_model(run: TrainRun, state: TrainState, epoch_seconds: float, t_start:
         "best_epoch": state.best_epoch,
         "epochs": run.config.epochs,
         "epochs_run": state.epoch,
+        "mining": {"rounds": state.round, "added_per_round": state.mined_per_round, "pool_left": int(len(run.pool_idx))},
         "confusion": {"classes": classes, "matrix": cm.tolist()},
         "regions": {"train": int(len(run.train_idx)), "val": int(len(run.val_idx))},
         "class_weights": run.weights.tolist() if run.weights is not None else None,

@@ -189,3 +189,41 @@ def test_crop_without_proposals_is_one_line(tmp_path, synth_parsed):
     (tmp_path / "p").mkdir()
     res = CliRunner().invoke(main, ["crop", str(synth_parsed), str(tmp_path / "p"), "--out", str(tmp_path / "c")])
     assert res.exit_code == 1 and "proposal settings not found" in res.output and "Traceback" not in res.output
+
+
+def test_mining_pool_is_disjoint_below_its_iou_and_off_by_default():
+    from rcnn.crop import select_pool
+
+    labels = np.array([0] * 40 + [1, -1])
+    ious = np.r_[np.linspace(0, 0.49, 40), 0.8, 0.45].astype(np.float32)
+    keep = select_regions(labels, 10, np.random.default_rng(0), ious)
+    pool = select_pool(labels, ious, keep, 8, 0.3, np.random.default_rng(0))
+    assert len(pool) == 8 and not set(pool) & set(keep) and (labels[pool] == 0).all() and (ious[pool] < 0.3).all()
+    assert np.all(np.diff(pool) > 0)
+    everything = select_pool(labels, ious, keep, 1000, 0.3, np.random.default_rng(0))  # fewer exist than asked
+    assert set(everything) == set(np.flatnonzero(ious < 0.3)) - set(keep)
+    assert len(select_pool(labels, ious, keep, 0, 0.3, np.random.default_rng(0))) == 0
+
+
+def test_crop_keeps_the_mining_pool_apart(tmp_path, synth_parsed, synth_props):
+    from rcnn.crop import CropConfig, crop_dataset, load_shard
+    from rcnn.parse import Dataset
+    from rcnn.train import RegionSet
+
+    ds = Dataset.load(synth_parsed)
+    base = dict(size=32, context=2, neg_per_image=6)
+    plain = crop_dataset(ds, synth_props, tmp_path / "a", CropConfig(**base), progress=False)
+    pooled = crop_dataset(ds, synth_props, tmp_path / "b", CropConfig(**base, mine_pool=5), progress=False)
+    assert plain["kept"] == pooled["kept"]  # the pool is not counted, nor weighted, as training regions
+    assert plain["class_weights"] == pooled["class_weights"] and plain["mining_pool"] == 0
+    assert 0 < pooled["mining_pool"] <= 5 * pooled["images"]
+    assert pooled["background_not_sampled"] == plain["background_not_sampled"] - pooled["mining_pool"]
+    image = ds.split("train")[0].id
+    a, b = load_shard(tmp_path / "a" / "shards" / f"{image}.npz"), load_shard(tmp_path / "b" / "shards" / f"{image}.npz")
+    n = len(a["labels"])
+    np.testing.assert_array_equal(b["boxes"][:n], a["boxes"])  # the same training regions, then the pool
+    assert not b["pool"][:n].any() and b["pool"][n:].all() and (b["ious"][n:] < 0.3).all()
+    regions = RegionSet.load(tmp_path / "b")
+    assert int(regions.pool.sum()) == pooled["mining_pool"] and (regions.labels[regions.pool] == 0).all()
+    rows = (tmp_path / "b" / "index.csv").read_text().splitlines()
+    assert rows[0].endswith(",pool") and sum(r.endswith(",1") for r in rows[1:]) == pooled["mining_pool"]

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from rcnn import train as train_mod
 from rcnn.backbones import build_backbone, rename_efficientnet_lite_keys
 from rcnn.cli import main
-from rcnn.errors import TrainingError, WeightsUnavailableError
+from rcnn.errors import DataError, TrainingError, WeightsUnavailableError
 from rcnn.model import load_model
 from rcnn.train import RegionSet, TrainConfig, balanced_batches, confusion, precision_recall, resolve_class_weights, split_by_image, train
 
@@ -198,3 +198,72 @@ def test_patience_stops_when_validation_stops_improving(tmp_path, synth_crops):
     assert min(losses) == losses[report["best_epoch"] - 1] and min(losses[report["best_epoch"]:]) >= losses[report["best_epoch"] - 1]
     with pytest.raises(ValueError, match="patience"):
         TrainConfig(patience=-1)
+
+
+def test_top_k_per_group_matches_a_loop():
+    from rcnn.train import top_k_per_group
+
+    rng = np.random.default_rng(0)
+    for k in (1, 3, 10):
+        scores, groups = rng.random(60), rng.integers(0, 5, 60)
+        want = sorted(i for g in set(groups.tolist()) for i in sorted(np.flatnonzero(groups == g), key=lambda i: -scores[i])[:k])
+        assert top_k_per_group(scores, groups, k).tolist() == want
+    assert len(top_k_per_group(np.zeros(0), np.zeros(0, np.int64), 3)) == 0
+
+
+@pytest.fixture(scope="module")
+def pooled_crops(synth_parsed, synth_props, tmp_path_factory):
+    from rcnn.crop import CropConfig, crop_dataset
+    from rcnn.parse import Dataset
+
+    out = tmp_path_factory.mktemp("pooled")
+    crop_dataset(Dataset.load(synth_parsed), synth_props, out, CropConfig(size=32, context=2, neg_per_image=8, mine_pool=12),
+                 progress=False)
+    return out
+
+
+def test_hard_negative_mining_adds_the_highest_scoring_pool_backgrounds(tmp_path, pooled_crops, monkeypatch):
+    import rcnn.train as train_mod
+
+    seen = {}
+    real = train_mod.mine_hard_negatives
+
+    def spy(run, state):
+        before_train, before_val, pool = run.train_idx.copy(), run.val_idx.copy(), run.pool_idx.copy()
+        run.net.load_state_dict(state.best_net)
+        run.net.eval()
+        with torch.no_grad():  # the independent score: the whole network on the decoded crops
+            p = torch.softmax(run.net(run.features.prep(run.regions.crops(pool))), 1)[:, 0].numpy()
+        added = real(run, state)
+        seen.update(before_train=before_train, before_val=before_val, pool=pool, p_bg=p, run=run, added=added)
+        return added
+
+    monkeypatch.setattr(train_mod, "mine_hard_negatives", spy)
+    cfg = TrainConfig(backbone="efficientnet_lite0", weights="none", batch_size=16, optimizer="adam", epochs=2, patience=0,
+                      mining_rounds=1, mine_per_image=3)
+    report = train(pooled_crops, tmp_path / "m", cfg, progress=False)
+    run, regions = seen["run"], seen["run"].regions
+    assert not regions.pool[seen["before_train"]].any() and not regions.pool[seen["before_val"]].any()  # pool left out at first
+    added = np.setdiff1d(np.union1d(run.train_idx, run.val_idx), np.union1d(seen["before_train"], seen["before_val"]))
+    assert seen["added"] == len(added) == report["mining"]["added_per_round"][0] and regions.pool[added].all()
+    for g in np.unique(regions.groups[seen["pool"]]):  # per image: the 3 pool regions the network found least background-like
+        mine = seen["pool"][regions.groups[seen["pool"]] == g]
+        p = seen["p_bg"][regions.groups[seen["pool"]] == g]
+        want = set(mine[np.argsort(p, kind="stable")[:3]].tolist())
+        assert set(added[regions.groups[added] == g].tolist()) == want
+    val_images = set(regions.groups[seen["before_val"]].tolist())
+    assert set(regions.groups[np.intersect1d(added, run.val_idx)].tolist()) <= val_images  # mined by image, split kept
+    assert report["mining"]["rounds"] == 1 and report["epochs_run"] == 4  # 2 epochs, mining, 2 more
+    hist = (tmp_path / "m" / "history.csv").read_text().splitlines()
+    assert hist[0].endswith(",round") and [h.split(",")[-1] for h in hist[1:]] == ["0", "0", "1", "1"]
+
+
+def test_mining_needs_a_pool_and_resumes_where_it_stopped(tmp_path, synth_crops, pooled_crops):
+    base = dict(backbone="efficientnet_lite0", weights="none", batch_size=16, optimizer="adam", patience=0, mine_per_image=2)
+    with pytest.raises(DataError, match="mine-pool"):
+        train(synth_crops, tmp_path / "none", TrainConfig(epochs=1, mining_rounds=1, **base), progress=False)
+    out = tmp_path / "m"
+    first = train(pooled_crops, out, TrainConfig(epochs=1, mining_rounds=1, **base), progress=False)
+    resumed = train(pooled_crops, out, TrainConfig(epochs=2, mining_rounds=1, **base), resume=True, progress=False)
+    assert first["mining"]["added_per_round"] == resumed["mining"]["added_per_round"]  # not mined twice
+    assert first["regions"]["train"] == resumed["regions"]["train"] and resumed["epochs_run"] == 3
