@@ -13,6 +13,7 @@ Prints mAP@0.5 and mAP@[.5:.95] of each, per class, and the training seconds.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -48,7 +49,7 @@ def dev_split(name: str, test_limit: int) -> Dataset:
     return Dataset(images=images, classes=ds.classes, problems=[], root=ds.root)
 
 
-def run(name: str, work: Path, test_limit: int, pool: int, per_image: int) -> None:
+def run(name: str, work: Path, test_limit: int, pool: int, per_image: int, reuse: bool) -> None:
     ds = dev_split(name, test_limit)
     print(f"\n{name}: dev-train {len(ds.split('train'))} images, dev-test {len(ds.split('test'))}, classes {ds.classes}", flush=True)
     props, crops = work / name / "proposals", work / name / "crops"
@@ -57,6 +58,11 @@ def run(name: str, work: Path, test_limit: int, pool: int, per_image: int) -> No
     results = {}
     for label, rounds in (("no mining", 0), (f"mining (1 round, {per_image}/image of a pool of {pool})", 1)):
         model = work / name / f"model-{rounds}"
+        if reuse and (work / name / f"detect-{rounds}" / "detections.json").is_file():  # finished by an earlier run
+            report = json.loads((model / "report.json").read_text())
+            ev = evaluate(load_detections(work / name / f"detect-{rounds}" / "detections.json"), ds, "test")
+            results[label] = (ev, report["seconds"]["total"], report)
+            continue
         if rounds:  # the same features: start from a copy of the first model folder, its feature cache included
             shutil.copytree(work / name / "model-0", model, dirs_exist_ok=True)
         t = time.perf_counter()
@@ -79,11 +85,12 @@ def main() -> None:
     ap.add_argument("--test-limit", type=int, default=40, help="dev-test images per dataset, spread over it (0 = all)")
     ap.add_argument("--pool", type=int, default=48, help="mining pool per image (rcnn crop --mine-pool)")
     ap.add_argument("--per-image", type=int, default=16, help="backgrounds mined per image (rcnn train --mine-per-image)")
+    ap.add_argument("--reuse", action="store_true", help="with --work: keep each finished run found there (its detections)")
     ap.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one, removed)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets.split(","):
-            run(name, args.work or Path(tmp), args.test_limit, args.pool, args.per_image)
+            run(name, args.work or Path(tmp), args.test_limit, args.pool, args.per_image, args.reuse)
 
 
 if __name__ == "__main__":

@@ -254,6 +254,7 @@ def test_hard_negative_mining_adds_the_highest_scoring_pool_backgrounds(tmp_path
     val_images = set(regions.groups[seen["before_val"]].tolist())
     assert set(regions.groups[np.intersect1d(added, run.val_idx)].tolist()) <= val_images  # mined by image, split kept
     assert report["mining"]["rounds"] == 1 and report["epochs_run"] == 4  # 2 epochs, mining, 2 more
+    assert report["best_epoch"] in (3, 4)  # the model is trained with the mined regions
     hist = (tmp_path / "m" / "history.csv").read_text().splitlines()
     assert hist[0].endswith(",round") and [h.split(",")[-1] for h in hist[1:]] == ["0", "0", "1", "1"]
 
