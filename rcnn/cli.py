@@ -194,6 +194,7 @@ CROP = "crop:CropConfig"
 TRAIN = "train:TrainConfig"
 FAST = "fast:FastConfig"
 ARCHS = ("fast", "rcnn")  # rcnn.pipeline.ARCHS, written here too so that importing the CLI does not import torch
+FORMATS = ("auto", "voc", "coco", "yolo")  # rcnn.parse.FORMATS, written here too so that importing the CLI imports no reader
 DETECT = "detect:DetectConfig"
 PIPELINE = "pipeline:PipelineConfig"
 
@@ -201,10 +202,11 @@ PIPELINE = "pipeline:PipelineConfig"
 
 
 @main.command()
-@click.argument("data", type=EXISTING_DIR, required=False)
+@click.argument("data", type=click.Path(exists=True, path_type=Path), required=False)
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the parsed records (JSON).")
+@option_for("parse:parse_dataset", "format", "--format", type=click.Choice(FORMATS), help="Dataset format; auto: VOC (Annotations/*.xml), COCO (a .json, annotations/instances_*.json) or YOLO (data.yaml, labels/*.txt), as found.")
 @click.option("--annotations", type=EXISTING_DIR, help="Folder of VOC XML files (overrides the layout of DATA).")
-@click.option("--images", type=EXISTING_DIR, help="Folder of images (overrides the layout of DATA).")
+@click.option("--images", type=EXISTING_DIR, help="Folder of images (overrides the layout of DATA; COCO: what file_name is relative to).")
 @click.option("--classes", callback=csv_list, help="Comma-separated class names to keep, e.g. cat,dog (default: all).")
 @option_for("parse:parse_dataset", "test_fraction", "--test-fraction", type=click.FloatRange(0, 1, max_open=True), help="Test share of the deterministic split, used when the dataset has no ImageSets/Main split files.")
 @option_for("parse:parse_dataset", "seed", "--seed", type=int, help="Seed of the deterministic split.")
@@ -213,7 +215,7 @@ PIPELINE = "pipeline:PipelineConfig"
 @handle_errors
 def parse(data: Path | None, out: Path, annotations: Path | None, images: Path | None, classes: list[str] | None,
           strict: bool, quiet: bool, **options: Any) -> None:
-    """Read a Pascal VOC dataset DATA into clean records (one JSON file)."""
+    """Read a Pascal VOC, COCO or YOLO dataset DATA (a folder, a COCO .json or a YOLO .yaml) into clean records (one JSON file)."""
     from .parse import FORMAT, format_summary, parse_dataset
 
     if data is None and (annotations is None or images is None):
@@ -481,7 +483,7 @@ def echo_result(report: Any, out: Path) -> None:
 
 
 @main.command("pipeline")
-@click.argument("data", type=EXISTING_DIR)
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for every stage's output and metrics.json.")
 @click.option("--classes", callback=csv_list, help="Comma-separated class names to keep (default: all).")
 @option_for(PIPELINE, "test_fraction", "--test-fraction", type=click.FloatRange(0, 1, max_open=True), help="Test share when the dataset has no ImageSets split files.")
@@ -501,7 +503,7 @@ def echo_result(report: Any, out: Path) -> None:
 @detect_options
 @handle_errors
 def pipeline_cmd(data: Path, out: Path, **options: Any) -> None:
-    """Run parse → propose → (crop →) train → detect → evaluate on the VOC dataset DATA."""
+    """Run parse → propose → (crop →) train → detect → evaluate on the dataset DATA (VOC, COCO or YOLO)."""
     from .pipeline import PipelineConfig, run_pipeline
 
     # each option goes to the stage settings with a field of its name (--device: training and detection)
