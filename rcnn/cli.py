@@ -235,6 +235,24 @@ def parse(data: Path | None, out: Path, annotations: Path | None, images: Path |
     click.echo(f"records saved to {out}")
 
 
+# --------------------------------------------------------------------------- show
+
+
+@main.command("show")
+@click.argument("source", metavar="DATA_OR_PARSED", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for images/, labels.png and summary.json.")
+@option_for("show:show_dataset", "split", "--split", type=click.Choice(["train", "test", "all"]), help="Which images to draw and count.")
+@option_for("show:show_dataset", "max_images", "--max-images", type=click.IntRange(0), help="Draw the first N images (by id); 0 = all. The summary counts every image.")
+@option_for("parse:parse_dataset", "format", "--format", type=click.Choice(FORMATS), help="Format of DATA (see `rcnn parse --help`).")
+@handle_errors
+def show_cmd(source: Path, out: Path, **options: Any) -> None:
+    """Draw the ground-truth boxes of DATA (a dataset, or a file of `rcnn parse`) and summarise its labels."""
+    from .show import format_report, show_dataset
+
+    report = show_dataset(source, out, echo=click.echo, warn=warn, **given(options))
+    click.echo(format_report(report))
+
+
 # --------------------------------------------------------------------------- synth
 
 
@@ -445,9 +463,10 @@ def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name:
 @click.argument("parsed", type=EXISTING_FILE)
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", help="Which annotated images to compare against.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Report file [default: beside DETECTIONS, evaluation.json].")
+@option_for("evaluate:evaluate", "confusion_conf", "--confusion-conf", type=click.FloatRange(0, 1), help="The confusion matrix (REPORT.confusion.png) counts detections scoring at least this.")
 @detect_options
 @handle_errors
-def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, **options: Any) -> None:
+def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, confusion_conf: float | None, **options: Any) -> None:
     """Score DETECTIONS (detections.json, or a model folder to run) against the annotations in PARSED."""
     import json
 
@@ -466,7 +485,9 @@ def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, *
         detections = evaluate_model(detections, dataset, split, run, echo=click.echo, warn=warn, **vars(config))
     out = check_output_file(out or detections.parent / "evaluation.json", REPORT_FORMAT, (detections, parsed), folders=("detect",))
     plot = check_output_file(out.with_suffix(".pr.png"), "evaluate", (detections, parsed), "the precision-recall plot", ("detect",))
-    report = evaluate(load_detections(detections), dataset, split, plot=plot)
+    matrix = check_output_file(out.with_suffix(".confusion.png"), "evaluate", (detections, parsed), "the confusion matrix", ("detect",))
+    report = evaluate(load_detections(detections), dataset, split, plot=plot, confusion_plot=matrix,
+                      **given({"confusion_conf": confusion_conf}))
     save_report(report, out)
     click.echo(format_report(report))
     click.echo(json.dumps({"map50": report["map50"], "map50_95": report["map50_95"]}))
