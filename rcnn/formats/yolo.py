@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,6 @@ from ..parse import (
     _is_dir,
     _is_utf8,
     _one_line,
-    _quote,
     _read_regular,
     _reason,
     _resolve,
@@ -50,6 +50,14 @@ MAX_YAML_BYTES = 1 << 20  # a data.yaml is a few hundred bytes
 MAX_LABEL_BYTES = 16 << 20  # a label file is a few lines
 YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml")
 SPLIT_KEYS = ("train", "val", "test")
+# YAML aliases can make a small file a huge nested value (a "billion laughs"): messages show it through reprlib,
+# which stops at a few levels and items, never through repr.
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxdict, _BRIEF.maxstring, _BRIEF.maxother = 2, 4, 4, 40, 40
+
+
+def _quote(value: Any) -> str:
+    return _BRIEF.repr(value)
 
 
 def _yaml_file(data: Path) -> Path | None:
