@@ -837,6 +837,8 @@ def parse_dataset(
         fmt = "voc" if annotations_dir is not None or root is None else detect_format(root)
     if fmt != "voc" and root is None:
         raise DataError(f"give the {fmt} dataset as DATA")
+    if (fmt == "coco" and annotations_dir is not None) or (fmt == "yolo" and (annotations_dir or images_dir) is not None):
+        raise ValueError(f"--annotations is for VOC datasets and --images for VOC and COCO; {display_path(root)} is {fmt}")
     if fmt == "coco":
         from .formats.coco import read_coco
 

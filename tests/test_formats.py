@@ -211,3 +211,19 @@ def test_split_rule_is_one_for_all_formats():
     assert assign_splits({"train": ["a"], "val": ["b"], "test": ["c"]}) == {"a": "train", "b": "train", "c": "test"}
     # VOC 2012: trainval = train + val, no test: val is the test split
     assert assign_splits({"train": ["a"], "trainval": ["a", "b"], "val": ["b"]}) == {"a": "train", "b": "test"}
+
+
+def test_coco_2017_layout_split_folders_and_options_that_do_not_fit(tmp_path):
+    write_image(tmp_path / "val2017" / "000001.png")
+    write_image(tmp_path / "train2017" / "000002.png")
+    for split, k in (("val2017", 1), ("train2017", 2)):
+        coco_file(tmp_path / "annotations" / f"instances_{split}.json", [{"id": k, "file_name": f"{k:06d}.png"}],
+                  [{"id": 1, "image_id": k, "category_id": 7, "bbox": [1, 2, 30, 20]}])
+    ds = parse_dataset(tmp_path)
+    assert [(a.id, a.split, a.path) for a in ds.images] == [
+        ("000001", "test", str((tmp_path / "val2017" / "000001.png").resolve())),
+        ("000002", "train", str((tmp_path / "train2017" / "000002.png").resolve()))]
+    with pytest.raises(ValueError, match="--annotations is for VOC"):
+        parse_dataset(tmp_path, annotations_dir=tmp_path / "annotations", format="coco")
+    code, _, err = parse(str(tmp_path), "--out", str(tmp_path / "p.json"), "--format", "yolo", "--images", str(tmp_path))
+    assert code == 2 and "--images" in err
