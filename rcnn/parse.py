@@ -1,9 +1,12 @@
-"""Stage 1: read a Pascal VOC dataset into clean, validated records.
+"""Stage 1: read a Pascal VOC, COCO or YOLO dataset into clean, validated records.
 
 VOC boxes are 1-based and inclusive; they are converted here, once, to the
 project's convention ``(x1, y1, x2, y2) = (xmin - 1, ymin - 1, xmax, ymax)`` in
 pixels, clipped to the image. Every problem is reported with the file it is in;
 a bad file is skipped (or, with ``strict``, raises) and never stops the run.
+COCO and YOLO are read by :mod:`rcnn.formats` with the same box and image checks
+(:func:`checked_box`, :func:`image_size`) and the same split rule (:func:`assign_splits`);
+:func:`parse_dataset` tells the format from the layout (:func:`detect_format`).
 """
 
 from __future__ import annotations
@@ -176,13 +179,13 @@ class Object:
 class Annotation:
     """One image and its objects."""
 
-    id: str  # the annotation file's stem, as in ImageSets split files
+    id: str  # the annotation file's stem, as in ImageSets split files (COCO, YOLO: the image file's stem)
     path: str  # absolute path of the image
     width: int
     height: int
     split: str  # "train" or "test"
     objects: list[Object] = field(default_factory=list)
-    annotation: str = ""  # absolute path of the XML file
+    annotation: str = ""  # absolute path of the VOC XML, COCO JSON or YOLO txt file ("" for a YOLO image without one)
 
     def boxes(self, include_difficult: bool = True) -> np.ndarray:
         """ndarray[N, 4] float32 of the object boxes."""
