@@ -194,6 +194,7 @@ CROP = "crop:CropConfig"
 TRAIN = "train:TrainConfig"
 FAST = "fast:FastConfig"
 ARCHS = ("fast", "rcnn")  # rcnn.pipeline.ARCHS, written here too so that importing the CLI does not import torch
+FORMATS = ("auto", "voc", "coco", "yolo")  # rcnn.parse.FORMATS, written here too so that importing the CLI imports no reader
 DETECT = "detect:DetectConfig"
 PIPELINE = "pipeline:PipelineConfig"
 
@@ -201,10 +202,11 @@ PIPELINE = "pipeline:PipelineConfig"
 
 
 @main.command()
-@click.argument("data", type=EXISTING_DIR, required=False)
+@click.argument("data", type=click.Path(exists=True, path_type=Path), required=False)
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the parsed records (JSON).")
+@option_for("parse:parse_dataset", "format", "--format", type=click.Choice(FORMATS), help="Dataset format; auto: VOC (Annotations/*.xml), COCO (a .json, annotations/instances_*.json) or YOLO (data.yaml, labels/*.txt), as found.")
 @click.option("--annotations", type=EXISTING_DIR, help="Folder of VOC XML files (overrides the layout of DATA).")
-@click.option("--images", type=EXISTING_DIR, help="Folder of images (overrides the layout of DATA).")
+@click.option("--images", type=EXISTING_DIR, help="Folder of images (overrides the layout of DATA; COCO: what file_name is relative to).")
 @click.option("--classes", callback=csv_list, help="Comma-separated class names to keep, e.g. cat,dog (default: all).")
 @option_for("parse:parse_dataset", "test_fraction", "--test-fraction", type=click.FloatRange(0, 1, max_open=True), help="Test share of the deterministic split, used when the dataset has no ImageSets/Main split files.")
 @option_for("parse:parse_dataset", "seed", "--seed", type=int, help="Seed of the deterministic split.")
@@ -213,7 +215,7 @@ PIPELINE = "pipeline:PipelineConfig"
 @handle_errors
 def parse(data: Path | None, out: Path, annotations: Path | None, images: Path | None, classes: list[str] | None,
           strict: bool, quiet: bool, **options: Any) -> None:
-    """Read a Pascal VOC dataset DATA into clean records (one JSON file)."""
+    """Read a Pascal VOC, COCO or YOLO dataset DATA (a folder, a COCO .json or a YOLO .yaml) into clean records (one JSON file)."""
     from .parse import FORMAT, format_summary, parse_dataset
 
     if data is None and (annotations is None or images is None):
@@ -231,6 +233,24 @@ def parse(data: Path | None, out: Path, annotations: Path | None, images: Path |
     ds.save(check_output_file(out, FORMAT, tuple(a.annotation for a in ds.images) + tuple(a.path for a in ds.images)))
     click.echo(format_summary(ds))
     click.echo(f"records saved to {out}")
+
+
+# --------------------------------------------------------------------------- show
+
+
+@main.command("show")
+@click.argument("source", metavar="DATA_OR_PARSED", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for images/, labels.png and summary.json.")
+@option_for("show:show_dataset", "split", "--split", type=click.Choice(["train", "test", "all"]), help="Which images to draw and count.")
+@option_for("show:show_dataset", "max_images", "--max-images", type=click.IntRange(0), help="Draw the first N images (by id); 0 = all. The summary counts every image.")
+@option_for("parse:parse_dataset", "format", "--format", type=click.Choice(FORMATS), help="Format of DATA (see `rcnn parse --help`).")
+@handle_errors
+def show_cmd(source: Path, out: Path, **options: Any) -> None:
+    """Draw the ground-truth boxes of DATA (a dataset, or a file of `rcnn parse`) and summarise its labels."""
+    from .show import format_report, show_dataset
+
+    report = show_dataset(source, out, echo=click.echo, warn=warn, **given(options))
+    click.echo(format_report(report))
 
 
 # --------------------------------------------------------------------------- synth
@@ -447,9 +467,10 @@ def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name:
 @click.argument("parsed", type=EXISTING_FILE)
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", help="Which annotated images to compare against.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Report file [default: beside DETECTIONS, evaluation.json].")
+@option_for("evaluate:evaluate", "confusion_conf", "--confusion-conf", type=click.FloatRange(0, 1), help="The confusion matrix (REPORT.confusion.png) counts detections scoring at least this.")
 @detect_options
 @handle_errors
-def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, **options: Any) -> None:
+def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, confusion_conf: float | None, **options: Any) -> None:
     """Score DETECTIONS (detections.json, or a model folder to run) against the annotations in PARSED."""
     import json
 
@@ -468,7 +489,9 @@ def evaluate_cmd(detections: Path, parsed: Path, split: str, out: Path | None, *
         detections = evaluate_model(detections, dataset, split, run, echo=click.echo, warn=warn, **vars(config))
     out = check_output_file(out or detections.parent / "evaluation.json", REPORT_FORMAT, (detections, parsed), folders=("detect",))
     plot = check_output_file(out.with_suffix(".pr.png"), "evaluate", (detections, parsed), "the precision-recall plot", ("detect",))
-    report = evaluate(load_detections(detections), dataset, split, plot=plot)
+    matrix = check_output_file(out.with_suffix(".confusion.png"), "evaluate", (detections, parsed), "the confusion matrix", ("detect",))
+    report = evaluate(load_detections(detections), dataset, split, plot=plot, confusion_plot=matrix,
+                      **given({"confusion_conf": confusion_conf}))
     save_report(report, out)
     click.echo(format_report(report))
     click.echo(json.dumps({"map50": report["map50"], "map50_95": report["map50_95"]}))
@@ -485,7 +508,7 @@ def echo_result(report: Any, out: Path) -> None:
 
 
 @main.command("pipeline")
-@click.argument("data", type=EXISTING_DIR)
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for every stage's output and metrics.json.")
 @click.option("--classes", callback=csv_list, help="Comma-separated class names to keep (default: all).")
 @option_for(PIPELINE, "test_fraction", "--test-fraction", type=click.FloatRange(0, 1, max_open=True), help="Test share when the dataset has no ImageSets split files.")
@@ -507,7 +530,7 @@ def echo_result(report: Any, out: Path) -> None:
 @detect_options
 @handle_errors
 def pipeline_cmd(data: Path, out: Path, **options: Any) -> None:
-    """Run parse → propose → (crop →) train → detect → evaluate on the VOC dataset DATA."""
+    """Run parse → propose → (crop →) train → detect → evaluate on the dataset DATA (VOC, COCO or YOLO)."""
     from .pipeline import PipelineConfig, run_pipeline
 
     # each option goes to the stage settings with a field of its name (--device: training and detection)

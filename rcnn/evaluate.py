@@ -143,6 +143,50 @@ def coco_map(detections: list[dict[str, Any]], images: list[Annotation], classes
     return {"map50_95": round(float(ev.stats[0]), 4), "map50": round(float(ev.stats[1]), 4), "map75": round(float(ev.stats[2]), 4)}
 
 
+def confusion_matrix(detections: list[dict[str, Any]], images: list[Annotation], classes: list[str], conf: float = 0.25,
+                     iou_threshold: float = 0.5) -> np.ndarray:
+    """Counts of ground truth against detections, with a background row and column (as Ultralytics draws it).
+
+    Per image, detections scoring >= ``conf`` are matched to ground-truth boxes of any class at IoU >= ``iou_threshold``,
+    greedily by IoU (each box and each detection at most once). A matched pair counts at (true class, detected
+    class); an unmatched ground-truth box at (its class, background): missed; an unmatched detection at
+    (background, its class): a false alarm. Difficult objects and the detections matched to them are not counted.
+
+    Args:
+        detections: dicts with ``_image`` (the image id), ``category``, ``bbox`` [x, y, w, h] and ``score``.
+
+    Returns:
+        ndarray[C + 1, C + 1] int64: rows the ground truth, columns the detections, in ``classes`` order, then background.
+    """
+    n = len(classes)
+    index = {c: k for k, c in enumerate(classes)}
+    matrix = np.zeros((n + 1, n + 1), np.int64)
+    by_image: dict[str, list[dict[str, Any]]] = {}
+    for d in detections:
+        if d["score"] >= conf and d["category"] in index:
+            by_image.setdefault(d["_image"], []).append(d)
+    for a in images:
+        objs = [o for o in a.objects if o.label in index]
+        dets = by_image.get(a.id, [])
+        gt_cls = np.array([index[o.label] for o in objs], np.int64)
+        difficult = np.array([o.difficult for o in objs], bool)
+        det_cls = np.array([index[d["category"]] for d in dets], np.int64)
+        det_boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)], np.float32).reshape(-1, 4)
+        gt_boxes = np.array([o.box for o in objs], np.float32).reshape(-1, 4)
+        iou = box_iou(gt_boxes, det_boxes) if len(objs) and len(dets) else np.zeros((len(objs), len(dets)), np.float32)
+        g_idx, d_idx = np.nonzero(iou >= iou_threshold)
+        order = np.argsort(-iou[g_idx, d_idx], kind="stable")
+        gt_free, det_free = np.ones(len(objs), bool), np.ones(len(dets), bool)
+        for g, d in zip(g_idx[order], d_idx[order]):  # greedy: the best-overlapping pair first
+            if gt_free[g] and det_free[d]:
+                gt_free[g] = det_free[d] = False
+                if not difficult[g]:
+                    matrix[gt_cls[g], det_cls[d]] += 1
+        np.add.at(matrix, (gt_cls[gt_free & ~difficult], n), 1)
+        np.add.at(matrix, (n, det_cls[det_free]), 1)
+    return matrix
+
+
 def _attach_images(detections: list[dict[str, Any]], images: list[Annotation]) -> list[dict[str, Any]]:
     """Find each detection's annotated image by path, then by file stem."""
     by_path = {str(Path(a.path).resolve()): a.id for a in images}
@@ -157,14 +201,19 @@ def _attach_images(detections: list[dict[str, Any]], images: list[Annotation]) -
     return out
 
 
-def evaluate(detections: list[dict[str, Any]], dataset: Dataset, split: str = "test", plot: str | Path | None = None) -> dict[str, Any]:
-    """VOC AP@0.5 per class, mAP@0.5 and COCO mAP@[.5:.95] of ``detections`` on ``split``.
+def evaluate(detections: list[dict[str, Any]], dataset: Dataset, split: str = "test", plot: str | Path | None = None,
+             confusion_plot: str | Path | None = None, confusion_conf: float = 0.25) -> dict[str, Any]:
+    """VOC AP@0.5 per class, mAP@0.5, COCO mAP@[.5:.95] and the confusion matrix of ``detections`` on ``split``.
 
     Args:
         detections: COCO-results-style dicts with ``file_name`` (or ``image_id`` = file stem),
             ``category`` (class name), ``bbox`` [x, y, w, h] and ``score``.
-        plot: where to save the precision-recall curves (PNG), or None.
+        plot: where to save the precision-recall curves (PNG: one per class and their mean), or None.
+        confusion_plot: where to save the confusion matrix (PNG), or None.
+        confusion_conf: the confusion matrix counts detections scoring at least this (Ultralytics' 0.25; AP uses all).
     """
+    if not 0.0 <= confusion_conf <= 1.0:
+        raise ValueError(f"'confusion_conf={confusion_conf}' is invalid; it must lie in [0, 1]")
     images = dataset.split(split)
     if not images:
         raise DataError(f"no images in split '{split}'")
@@ -200,9 +249,39 @@ def evaluate(detections: list[dict[str, Any]], dataset: Dataset, split: str = "t
         "n_unmatched_detections": len(detections) - len(dets),
         "gt_per_class": {c: sum(o.label == c and not o.difficult for a in images for o in a.objects) for c in classes},
     }
+    matrix = confusion_matrix(dets, images, classes, confusion_conf, 0.5)
+    report["confusion_matrix"] = {"labels": [*classes, "background"], "rows": "ground truth", "columns": "detections",
+                                  "conf": confusion_conf, "iou": 0.5, "matrix": matrix.tolist()}
     if plot:
         _plot_pr(curves, ap50, plot)
+    if confusion_plot:
+        _plot_confusion(matrix, [*classes, "background"], confusion_conf, confusion_plot)
     return report
+
+
+def _plot_confusion(matrix: np.ndarray, labels: list[str], conf: float, path: str | Path) -> None:
+    """The confusion matrix as a PNG: counts written in the cells, colour = share of the row (of each true class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    side = max(4.0, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(matrix):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if share[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("detected")
+    ax.set_ylabel("ground truth")
+    ax.set_title(f"confusion matrix (score >= {conf}, IoU >= 0.5)")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the ground-truth row")
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png", metadata={"rcnn": "evaluate"}))
+    plt.close(fig)
 
 
 def _plot_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]], ap: dict[str, float | None], path: str | Path) -> None:
@@ -212,9 +291,18 @@ def _plot_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]], ap: dict[str, flo
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 5))
+    grid = np.linspace(0, 1, 101)
+    envelopes = []
     for c, (rec, prec) in curves.items():
         if len(rec):
-            ax.plot(rec, prec, label=f"{c} (AP50 {ap[c]:.3f})")
+            ax.plot(rec, prec, linewidth=1, label=f"{c} (AP50 {ap[c]:.3f})")
+        if ap[c] is not None:  # the precision envelope on a recall grid (0 past the last recall), for the mean
+            env = np.maximum.accumulate(prec[::-1])[::-1] if len(rec) else np.zeros(0)
+            k = np.searchsorted(rec, grid, side="left")
+            envelopes.append(np.where(k < len(rec), env[np.minimum(k, max(len(rec) - 1, 0))] if len(rec) else 0.0, 0.0))
+    if len(envelopes) > 1:
+        valid = [v for v in ap.values() if v is not None]
+        ax.plot(grid, np.mean(envelopes, axis=0), color="black", linewidth=2.5, label=f"all classes (mAP50 {np.mean(valid):.3f})")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)

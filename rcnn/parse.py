@@ -1,9 +1,12 @@
-"""Stage 1: read a Pascal VOC dataset into clean, validated records.
+"""Stage 1: read a Pascal VOC, COCO or YOLO dataset into clean, validated records.
 
 VOC boxes are 1-based and inclusive; they are converted here, once, to the
 project's convention ``(x1, y1, x2, y2) = (xmin - 1, ymin - 1, xmax, ymax)`` in
 pixels, clipped to the image. Every problem is reported with the file it is in;
 a bad file is skipped (or, with ``strict``, raises) and never stops the run.
+COCO and YOLO are read by :mod:`rcnn.formats` with the same box and image checks
+(:func:`checked_box`, :func:`image_size`) and the same split rule (:func:`assign_splits`);
+:func:`parse_dataset` tells the format from the layout (:func:`detect_format`).
 """
 
 from __future__ import annotations
@@ -176,13 +179,13 @@ class Object:
 class Annotation:
     """One image and its objects."""
 
-    id: str  # the annotation file's stem, as in ImageSets split files
+    id: str  # the annotation file's stem, as in ImageSets split files (COCO, YOLO: the image file's stem)
     path: str  # absolute path of the image
     width: int
     height: int
     split: str  # "train" or "test"
     objects: list[Object] = field(default_factory=list)
-    annotation: str = ""  # absolute path of the XML file
+    annotation: str = ""  # absolute path of the VOC XML, COCO JSON or YOLO txt file ("" for a YOLO image without one)
 
     def boxes(self, include_difficult: bool = True) -> np.ndarray:
         """ndarray[N, 4] float32 of the object boxes."""
@@ -424,21 +427,55 @@ def _read_split_file(path: Path) -> list[str] | None:
     return [line.split()[0] for line in text.split("\n") if line.strip()]
 
 
+def split_name(name: str) -> str | None:
+    """The kind of split a file or folder name stands for: "train", "val", "test" or None (unknown).
+
+    ``train``, ``trainval``, ``train2017`` -> "train"; ``val``, ``valid``, ``validation``, ``val2017`` -> "val";
+    ``test``, ``test-dev``, ``test2017`` -> "test" (case-insensitive; trailing digits and separators ignored).
+    """
+    key = name.lower().rstrip("0123456789_-. ")
+    if key in ("train", "trainval", "training"):
+        return "train"
+    if key in ("val", "valid", "validation"):
+        return "val"
+    if key in ("test", "test-dev", "testdev", "testing"):
+        return "test"
+    return None
+
+
+def assign_splits(listed: dict[str, list[str]]) -> dict[str, str]:
+    """Map image id -> "train"/"test" from named id lists (split files, COCO files, YOLO folders), one rule for all formats.
+
+    Train lists are train; test lists are test; val lists are train when a test list exists (VOC 2007's
+    trainval/test, bccd's train/val/test), else test (the train/val of VOC 2012 and of most YOLO datasets).
+    An id in several lists takes the test side (test over val over train).
+
+    Args:
+        listed: a name :func:`split_name` knows (``train.txt``'s stem, ``instances_val2017``'s split, ...) -> ids.
+    """
+    kinds = {split_name(n) for n in listed}
+    val_to = "train" if "test" in kinds else "test"
+    ids: dict[str, str] = {}
+    for kind in ("train", "val", "test"):  # later kinds win
+        for name, members in listed.items():
+            if split_name(name) == kind:
+                for image_id in members:
+                    ids[image_id] = "test" if kind == "test" else val_to if kind == "val" else "train"
+    return ids
+
+
 def read_split_files(root: Path) -> dict[str, str] | None:
-    """Map image id -> "train"/"test" from ``ImageSets/Main/*.txt``; None when there are none.
+    """Map image id -> "train"/"test" from ``ImageSets/Main/{train,trainval,val,test}.txt`` (see
+    :func:`assign_splits`); None when there are none.
 
     Raises:
         DataError: a split file exists but is not a readable UTF-8 text file.
     """
     main = Path(root) / "ImageSets" / "Main"
-    found = {f: _read_split_file(main / f) for f in ("train.txt", "trainval.txt", "val.txt", "test.txt")}
+    found = {f: _read_split_file(main / f"{f}.txt") for f in ("train", "trainval", "val", "test")}
     if all(v is None for v in found.values()):
         return None
-    ids: dict[str, str] = {}
-    for f, listed in found.items():
-        for image_id in listed or []:
-            ids[image_id] = "test" if f == "test.txt" else "train"
-    return ids
+    return assign_splits({f: ids for f, ids in found.items() if ids is not None})
 
 
 def random_split(ids: list[str], test_fraction: float, seed: int) -> dict[str, str]:
@@ -501,6 +538,36 @@ def _check_image(path: Path) -> tuple[int, int]:
             im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
         im.load()
     return size
+
+
+def image_size(path: Path) -> tuple[tuple[int, int] | None, str]:
+    """``((width, height), "")`` of a readable image, or ``(None, why not)``: the check every format's reader uses."""
+    try:
+        return _check_image(path), ""
+    except UnidentifiedImageError:
+        return None, f"corrupt or unreadable image {display_path(path.name)}: not a recognised image file"
+    except (OSError, SyntaxError, ValueError, DataError, Image.DecompressionBombError) as e:
+        reason = _reason(e) if isinstance(e, OSError) and e.strerror else _one_line(e)
+        return None, f"corrupt or unreadable image {display_path(path.name)}: {reason}"
+
+
+def checked_box(box: tuple[float, float, float, float], width: int, height: int, where: str, shown: object,
+                name: str, problems: list[Problem]) -> list[float] | None:
+    """``box`` (x1, y1, x2, y2) in pixels clipped to the image, or None for a degenerate one; the rule of every format.
+
+    A box sticking out by more than :data:`CLIP_TOLERANCE` is clipped with a warning; one narrower or shorter than
+    a pixel after clipping is skipped with a warning. ``shown`` is the box as written in the file (for messages).
+    """
+    x1, y1, x2, y2 = box
+    outside = x1 < -CLIP_TOLERANCE or y1 < -CLIP_TOLERANCE or x2 > width + CLIP_TOLERANCE or y2 > height + CLIP_TOLERANCE
+    x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+    y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+    if x2 - x1 < 1.0 or y2 - y1 < 1.0:
+        problems.append(Problem(name, f"{where} has a degenerate box {shown} in the {width}x{height} image; skipped"))
+        return None
+    if outside:
+        problems.append(Problem(name, f"{where} box {shown} lies outside the {width}x{height} image; clipped"))
+    return [x1, y1, x2, y2]
 
 
 def _resolve_image(
@@ -571,13 +638,10 @@ def parse_annotation(
     image_path, why = _resolve_image(xml_path, filename, images_dir, problems)
     if image_path is None:
         return fail(why)
-    try:
-        width, height = _check_image(image_path)
-    except UnidentifiedImageError:
-        return fail(f"corrupt or unreadable image {display_path(image_path.name)}: not a recognised image file")
-    except (OSError, SyntaxError, ValueError, DataError, Image.DecompressionBombError) as e:
-        reason = _reason(e) if isinstance(e, OSError) and e.strerror else _one_line(e)
-        return fail(f"corrupt or unreadable image {display_path(image_path.name)}: {reason}")
+    size, why = image_size(image_path)
+    if size is None:
+        return fail(why)
+    width, height = size
 
     size = root.find("size")
     raw_size = {t: _text(size, t) for t in ("width", "height")}
@@ -613,16 +677,10 @@ def parse_annotation(
             continue
         coords = [values[t] for t in ("xmin", "ymin", "xmax", "ymax")]
         xmin, ymin, xmax, ymax = coords
-        x1, y1, x2, y2 = xmin - 1.0, ymin - 1.0, xmax, ymax  # 1-based inclusive -> pixel edges
-        outside = x1 < -CLIP_TOLERANCE or y1 < -CLIP_TOLERANCE or x2 > width + CLIP_TOLERANCE or y2 > height + CLIP_TOLERANCE
-        x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
-        y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-        if x2 - x1 < 1.0 or y2 - y1 < 1.0:
-            problems.append(Problem(name, f"{where} has a degenerate box {coords} in the {width}x{height} image; skipped"))
+        box = checked_box((xmin - 1.0, ymin - 1.0, xmax, ymax), width, height, where, coords, name, problems)  # 1-based inclusive -> pixel edges
+        if box is None:
             continue
-        if outside:
-            problems.append(Problem(name, f"{where} box {coords} lies outside the {width}x{height} image; clipped"))
-        objects.append(Object(label, [x1, y1, x2, y2], _flag(obj, "difficult", where, name, problems),
+        objects.append(Object(label, box, _flag(obj, "difficult", where, name, problems),
                               _flag(obj, "truncated", where, name, problems)))
 
     ann = Annotation(
@@ -639,6 +697,109 @@ def parse_annotation(
     return ann, problems
 
 
+FORMATS = ("auto", "voc", "coco", "yolo")  # values of parse_dataset's ``format`` (--format); auto: see detect_format
+
+
+def detect_format(data: str | Path) -> str:
+    """Which format the dataset ``data`` is in: "voc", "coco" or "yolo".
+
+    The rule, in order of evidence:
+
+    * COCO: ``data`` is a ``.json`` file, or holds ``annotations/instances_*.json``, or a ``.json`` (in ``data`` or
+      ``data/annotations``) whose first MiB has an ``"images"`` key;
+    * YOLO: ``data`` is a ``.yaml`` file, or holds ``data.yaml``, or ``labels/`` with ``*.txt`` files;
+    * VOC: ``data`` holds ``Annotations/`` or ``annotations/`` with ``*.xml`` files, or (when nothing else
+      matches) the VOC folder pair ``Annotations/`` + ``JPEGImages/`` or ``annotations/`` + ``images/``.
+
+    Raises:
+        DataError: one line naming what was looked for, when no format or more than one matches.
+    """
+    from .formats import coco, yolo
+
+    data = Path(data)
+    name = display_path(data)
+    if _file_kind(data) == "file":
+        if data.suffix.lower() == ".json":
+            return "coco"
+        if data.suffix.lower() in (".yaml", ".yml"):
+            return "yolo"
+        raise DataError(f"{name} is a file, not a dataset folder, a COCO .json file or a YOLO data .yaml file")
+    if not _is_dir(data):
+        raise DataError(f"dataset folder not found: {name}")
+    found = [fmt for fmt, matches in (("voc", _has_voc_xml(data)), ("coco", bool(coco.find_json_files(data))),
+                                      ("yolo", yolo.looks_like_yolo(data))) if matches]
+    if not found and any(_is_dir(data / a) and _is_dir(data / i) for a, i in (("Annotations", "JPEGImages"), ("annotations", "images"))):
+        found = ["voc"]  # an empty VOC layout: its reader says what is missing
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise DataError(f"{name} looks like {' and '.join(found)} at once; choose one with --format")
+    raise DataError(f"{name} has no VOC layout (Annotations/ or annotations/ with *.xml), no COCO file (a .json file, "
+                    "annotations/instances_*.json) and no YOLO layout (data.yaml, or labels/ with *.txt and classes.txt)")
+
+
+def _has_voc_xml(data: Path) -> bool:
+    for ann in ("Annotations", "annotations"):
+        try:
+            with os.scandir(data / ann) as entries:
+                if any(e.name.endswith(".xml") for e in entries):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def collect(ann: Annotation | None, probs: list[Problem], images: list[Annotation], problems: list[Problem],
+            strict: bool) -> None:
+    """Add one file's record and problems to the run's lists (every reader's loop); with ``strict``, raise on an error.
+
+    Raises:
+        DataError: ``strict`` and ``probs`` holds an error (the file is skipped).
+    """
+    problems += probs
+    if strict and any(p.level == "error" for p in probs):
+        first = next(p for p in probs if p.level == "error")
+        raise DataError(f"{first.file}: {first.message}")
+    if ann is not None:
+        images.append(ann)
+
+
+def checked_classes(classes: list[str] | None) -> list[str] | None:
+    """``classes`` stripped of blanks.
+
+    Raises:
+        ValueError: ``classes`` is empty or names a reserved class.
+    """
+    if classes is None:
+        return None
+    classes = [c.strip() for c in classes if c.strip()]
+    if not classes:
+        raise ValueError("'classes' is empty; give at least one class name")
+    for c in classes:
+        if is_reserved_class(c):
+            raise ValueError(f"'classes' names {c!r}, which is reserved for the implicit background class")
+    return classes
+
+
+def checked_folder(d: Path) -> str:
+    """The resolved path of the readable folder ``d``.
+
+    Raises:
+        DataError: ``d`` is not a folder, cannot be read, or its path is not valid UTF-8.
+    """
+    if not _is_dir(d):
+        raise DataError(f"folder not found: {display_path(d)}")
+    try:
+        with os.scandir(d):
+            pass
+        resolved = _resolve(d)
+    except OSError as e:
+        raise DataError(f"cannot read folder {display_path(d)}: {_reason(e)}") from None
+    if not _is_utf8(resolved):
+        raise DataError(f"the path of folder {display_path(resolved)} is not valid UTF-8; rename it")
+    return resolved
+
+
 def parse_dataset(
     root: str | Path | None = None,
     *,
@@ -649,24 +810,55 @@ def parse_dataset(
     seed: int = 0,
     strict: bool = False,
     progress: bool = False,
+    format: str = "auto",
 ) -> Dataset:
-    """Parse every ``*.xml`` of a VOC dataset.
+    """Parse a Pascal VOC, COCO or YOLO dataset into the same records.
 
     Args:
-        root: dataset folder with a standard layout (and optionally ``ImageSets/Main``).
-        annotations_dir, images_dir: explicit folders, overriding the layout of ``root``.
+        root: the dataset: a folder (any of the three layouts, see :func:`detect_format`), a COCO ``.json`` file
+            or a YOLO data ``.yaml`` file.
+        annotations_dir, images_dir: explicit VOC folders, overriding the layout of ``root``; for COCO,
+            ``images_dir`` is the folder the ``file_name`` of each image is relative to.
         classes: keep only these class names (None keeps all).
-        test_fraction, seed: the deterministic split used when there are no split files.
+        test_fraction, seed: the deterministic split used when the dataset names no splits.
         strict: raise :class:`DataError` on the first file that must be skipped.
+        format: auto (detected), voc, coco or yolo.
 
     Returns:
         The :class:`Dataset`, images sorted by id.
 
     Raises:
-        DataError: a folder or split file is missing or unreadable, or a kept object uses a class name of
-            :data:`RESERVED_CLASSES`. Problems of single files are reported in ``Dataset.problems``.
-        ValueError: ``classes`` is empty or names a reserved class.
+        DataError: the dataset, a folder or split file is missing or unreadable, or a kept object uses a class name
+            of :data:`RESERVED_CLASSES`. Problems of single files are reported in ``Dataset.problems``.
+        ValueError: ``classes`` is empty or names a reserved class, or ``format`` is unknown.
     """
+    if format not in FORMATS:
+        raise ValueError(f"'format={format}' is invalid; valid formats are {', '.join(FORMATS)}")
+    classes = checked_classes(classes)
+    fmt = format
+    if fmt == "auto":
+        fmt = "voc" if annotations_dir is not None or root is None else detect_format(root)
+    if fmt != "voc" and root is None:
+        raise DataError(f"give the {fmt} dataset as DATA")
+    if (fmt == "coco" and annotations_dir is not None) or (fmt == "yolo" and (annotations_dir or images_dir) is not None):
+        raise ValueError(f"--annotations is for VOC datasets and --images for VOC and COCO; {display_path(root)} is {fmt}")
+    if fmt == "coco":
+        from .formats.coco import read_coco
+
+        images, splits, problems, where = read_coco(Path(root), images_dir, classes, strict, progress)
+    elif fmt == "yolo":
+        from .formats.yolo import read_yolo
+
+        images, splits, problems, where = read_yolo(Path(root), classes, strict, progress)
+    else:
+        images, splits, problems, where = _read_voc(root, annotations_dir, images_dir, classes, strict, progress)
+    return _finish(images, splits, problems, classes, where, test_fraction, seed)
+
+
+def _read_voc(root: str | Path | None, annotations_dir: str | Path | None, images_dir: str | Path | None,
+              classes: list[str] | None, strict: bool, progress: bool
+              ) -> tuple[list[Annotation], dict[str, str] | None, list[Problem], str]:
+    """Every ``*.xml`` of a VOC dataset: (records, id -> split from ImageSets/Main or None, problems, resolved root)."""
     from tqdm import tqdm
 
     if annotations_dir is None or images_dir is None:
@@ -677,23 +869,7 @@ def parse_dataset(
         images_dir = images_dir or found_img
     annotations_dir, images_dir = Path(annotations_dir), Path(images_dir)
     for d in (annotations_dir, images_dir):
-        if not _is_dir(d):
-            raise DataError(f"folder not found: {display_path(d)}")
-        try:
-            with os.scandir(d):
-                pass
-            resolved = _resolve(d)
-        except OSError as e:
-            raise DataError(f"cannot read folder {display_path(d)}: {_reason(e)}") from None
-        if not _is_utf8(resolved):
-            raise DataError(f"the path of folder {display_path(resolved)} is not valid UTF-8; rename it")
-    if classes is not None:
-        classes = [c.strip() for c in classes if c.strip()]
-        if not classes:
-            raise ValueError("'classes' is empty; give at least one class name")
-        for c in classes:
-            if is_reserved_class(c):
-                raise ValueError(f"'classes' names {c!r}, which is reserved for the implicit background class")
+        checked_folder(d)
     split_root = Path(root) if root is not None else annotations_dir.parent
     split_root_text = _resolve(split_root)
     if not _is_utf8(split_root_text):
@@ -710,23 +886,32 @@ def parse_dataset(
     images: list[Annotation] = []
     problems: list[Problem] = []
     for xml in tqdm(xml_files, desc="parse", unit="file", disable=None if progress else True, leave=False):
-        ann, probs = parse_annotation(xml, images_dir, classes)
-        problems += probs
-        if strict and any(p.level == "error" for p in probs):
-            first = next(p for p in probs if p.level == "error")
-            raise DataError(f"{first.file}: {first.message}")
-        if ann is not None:
-            images.append(ann)
+        collect(*parse_annotation(xml, images_dir, classes), images, problems, strict)
+    if split_ids is not None:
+        for a in images:
+            if a.id not in split_ids:
+                problems.append(Problem(a.annotation, "not listed in any ImageSets/Main split file; left out"))
+    return images, split_ids, problems, split_root_text
 
-    if split_ids is None:
-        split_ids = random_split([a.id for a in images], test_fraction, seed)
+
+def _finish(images: list[Annotation], splits: dict[str, str] | None, problems: list[Problem], classes: list[str] | None,
+            root: str, test_fraction: float, seed: int) -> Dataset:
+    """The steps every format shares: one record per id, the split, the reserved-name check and the class list."""
+    unique: dict[str, Annotation] = {}
+    for a in images:
+        if a.id in unique:
+            problems.append(Problem(display_path(a.path), f"another image has the id {a.id!r} ({display_path(unique[a.id].path)}); "
+                                                           "skipped", "error"))
+        else:
+            unique[a.id] = a
+    images = sorted(unique.values(), key=lambda a: a.id)  # the same order whatever the format
+    if splits is None:
+        splits = random_split([a.id for a in images], test_fraction, seed)
     kept = []
     for a in images:
-        if a.id in split_ids:
-            a.split = split_ids[a.id]
+        if a.id in splits:  # VOC names the images its split files leave out
+            a.split = splits[a.id]
             kept.append(a)
-        else:
-            problems.append(Problem(a.annotation, "not listed in any ImageSets/Main split file; left out"))
     for a in kept:
         for o in a.objects:
             if is_reserved_class(o.label):
@@ -739,8 +924,8 @@ def parse_dataset(
     if classes is not None:
         for c in classes:
             if c not in found_classes:
-                problems.append(Problem(display_path(annotations_dir), f"class '{c}' asked for but not found in any file"))
-    return Dataset(images=kept, classes=out_classes, problems=problems, root=split_root_text)
+                problems.append(Problem(display_path(root), f"class '{c}' asked for but not found in any file"))
+    return Dataset(images=kept, classes=out_classes, problems=problems, root=root)
 
 
 def format_summary(ds: Dataset) -> str:

@@ -168,7 +168,8 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | Non
         results = detect(load_model(out / "model", config.detect.device), [a.path for a in ds.split("test")],
                          out / "detect", config.detect, proposals=out / "proposals", echo=echo, warn=warn)
     with timer.stage("evaluate"):
-        evaluation = evaluate(load_detections(out / "detect" / "detections.json"), ds, "test", plot=out / "pr_curve.png")
+        evaluation = evaluate(load_detections(out / "detect" / "detections.json"), ds, "test", plot=out / "pr_curve.png",
+                              confusion_plot=out / "confusion_matrix.png")
         write_json(out / "evaluation.json", evaluation)
         echo(format_eval(evaluation))
     score_seconds = [r.seconds["score"] for r in results]

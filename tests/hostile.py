@@ -481,6 +481,165 @@ def _(folder: Path, inp: Inputs) -> Case:
     return Case("", parse_args(ds, folder, "--classes", " , "), "fail", "classes", process=True)
 
 
+# --------------------------------------------------------------------------- parse: COCO and YOLO (issue 12)
+# In-process (fast), except the YAML cases that a wrong loader would turn into running code or eating memory.
+
+def mini_coco(dst: Path, inp: Inputs, n: int = 3, extra: list[dict[str, Any]] | None = None,
+              bad_json: str | bytes | None = None) -> Path:
+    """A COCO dataset of the first ``n`` synthetic images (``annotations/instances_train.json``, ``images/``); ``extra``
+    image entries (with their annotations under ``"anns"``) are added; ``bad_json`` is written as ``instances_test.json``."""
+    (dst / "images").mkdir(parents=True, exist_ok=True)
+    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "disc"}, {"id": 2, "name": "square"}]}
+    for k, img in enumerate(synth_images(inp)[:n], start=1):
+        shutil.copyfile(img, dst / "images" / img.name)
+        coco["images"].append({"id": k, "file_name": img.name})
+        coco["annotations"].append({"id": k, "image_id": k, "category_id": 1, "bbox": [10, 10, 40, 40], "iscrowd": 0})
+    for e in extra or []:
+        e = dict(e)
+        for a in e.pop("anns", []):
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": e["id"], **a})
+        coco["images"].append(e)
+    write_json(dst / "annotations" / "instances_train.json", coco)
+    if bad_json is not None:
+        p = dst / "annotations" / "instances_test.json"
+        p.write_bytes(bad_json.encode() if isinstance(bad_json, str) else bad_json)
+    return dst
+
+
+def mini_yolo(dst: Path, inp: Inputs, n: int = 3, yaml_text: str | None = None, label: str | bytes | None = None) -> Path:
+    """A YOLO dataset of the first ``n`` synthetic images in ``images/train`` with one good line each; ``label`` replaces
+    the last image's label file; ``yaml_text`` replaces the ``data.yaml``."""
+    (dst / "images" / "train").mkdir(parents=True, exist_ok=True)
+    (dst / "labels" / "train").mkdir(parents=True, exist_ok=True)
+    imgs = synth_images(inp)[:n]
+    for img in imgs:
+        shutil.copyfile(img, dst / "images" / "train" / img.name)
+        (dst / "labels" / "train" / f"{img.stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    if label is not None:
+        p = dst / "labels" / "train" / f"{imgs[-1].stem}.txt"
+        p.write_bytes(label.encode() if isinstance(label, str) else label)
+    (dst / "data.yaml").write_text(yaml_text if yaml_text is not None else "path: .\ntrain: images/train\nnames: [disc, square]\n")
+    return dst
+
+
+@case("parse-coco-broken-json")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_coco(folder / "ds", inp, bad_json='{"images": [{"id": 1, "file_name": ')
+    return Case("", parse_args(ds, folder), "partial", "instances_test.json")
+
+
+@case("parse-coco-json-not-utf8")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_coco(folder / "ds", inp, bad_json=b'{"images": ["\xff\xfe"], "annotations": [], "categories": []}')
+    return Case("", parse_args(ds, folder), "partial", "instances_test.json")
+
+
+@case("parse-coco-file-is-a-list")
+def _(folder: Path, inp: Inputs) -> Case:
+    f = write_json(folder / "listed.json", [{"images": []}])
+    return Case("", parse_args(f, folder), "fail", "listed.json")
+
+
+@case("parse-coco-nan-bbox")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_coco(folder / "ds", inp)
+    p = ds / "annotations" / "instances_train.json"
+    d = json.loads(p.read_text())
+    d["annotations"][0]["bbox"][0] = float("nan")  # json.dumps writes NaN, which is not JSON
+    write_json(p, d)
+    return Case("", parse_args(ds, folder), "fail", "instances_train.json")
+
+
+@case("parse-coco-missing-image")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_coco(folder / "ds", inp, extra=[{"id": 99, "file_name": "ghost.jpg", "anns": [{"category_id": 1, "bbox": [1, 1, 9, 9]}]}])
+    return Case("", parse_args(ds, folder), "partial", "ghost.jpg")
+
+
+@case("parse-coco-bad-entries")
+def _(folder: Path, inp: Inputs) -> Case:
+    img = synth_images(inp)[5].name
+    ds = mini_coco(folder / "ds", inp, extra=[{"id": 7, "file_name": img, "anns": [
+        {"category_id": 1, "bbox": ["x", 1, 9, 9]}, {"category_id": 42, "bbox": [1, 1, 9, 9]}]}])
+    shutil.copyfile(synth_images(inp)[5], ds / "images" / img)
+    p = ds / "annotations" / "instances_train.json"
+    d = json.loads(p.read_text())
+    d["annotations"].append({"id": 500, "image_id": 12345, "category_id": 1, "bbox": [1, 1, 5, 5]})
+    write_json(p, d)
+    return Case("", parse_args(ds, folder), "partial", "not 4 finite numbers", also=["category_id 42", "image_id 12345"])
+
+
+@case("parse-coco-traversal-file-name")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_coco(folder / "ds", inp, extra=[{"id": 9, "file_name": "../../../../../../etc/passwd"}])
+    return Case("", parse_args(ds, folder), "partial", "passwd")
+
+
+@case("parse-yolo-yaml-python-tag")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_yolo(folder / "ds", inp, yaml_text="train: images/train\nnames: !!python/object/apply:os.system ['touch PWNED']\n")
+    return Case("", parse_args(ds, folder), "fail", "data.yaml", process=True)  # a wrong loader would run the tag
+
+
+@case("parse-yolo-yaml-alias-bomb")
+def _(folder: Path, inp: Inputs) -> Case:
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)]
+    ds = mini_yolo(folder / "ds", inp, yaml_text="\n".join(lines + ["names: *i", "train: *i"]) + "\n")
+    return Case("", parse_args(ds, folder), "fail", "names", process=True, timeout=60, mem_limit=2 * GiB)
+
+
+@case("parse-yolo-yaml-url")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_yolo(folder / "ds", inp, yaml_text="path: https://example.com/data\ntrain: images/train\nnames: [disc]\n")
+    return Case("", parse_args(ds, folder), "fail", "https://example.com/data")
+
+
+@case("parse-yolo-yaml-broken")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_yolo(folder / "ds", inp, yaml_text="train: [images/train\nnames: {0: disc\n")
+    return Case("", parse_args(ds, folder), "fail", "data.yaml")
+
+
+@case("parse-yolo-split-folder-missing")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_yolo(folder / "ds", inp, yaml_text="train: images/train\nval: images/nowhere\nnames: [disc]\n")
+    return Case("", parse_args(ds, folder), "fail", "nowhere")
+
+
+@case("parse-yolo-label-garbage")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_yolo(folder / "ds", inp, label="0 0.5 0.5\nhello world\n7 0.5 0.5 0.1 0.1\n0 inf 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1 0.2\n")
+    return Case("", parse_args(ds, folder), "partial", f"{synth_images(inp)[2].stem}.txt")
+
+
+@case("parse-yolo-label-random-bytes")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_yolo(folder / "ds", inp, label=random_bytes(2048))
+    return Case("", parse_args(ds, folder), "partial", f"{synth_images(inp)[2].stem}.txt")
+
+
+@case("parse-yolo-image-corrupt")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_yolo(folder / "ds", inp)
+    (ds / "images" / "train" / "broken.jpg").write_bytes(truncated(synth_images(inp)[3], 0.3))
+    return Case("", parse_args(ds, folder), "partial", "broken.jpg")
+
+
+@case("parse-yolo-no-class-names")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_yolo(folder / "ds", inp)
+    (ds / "data.yaml").unlink()
+    return Case("", parse_args(ds, folder), "fail", "classes.txt")
+
+
+@case("parse-format-ambiguous")
+def _(folder: Path, inp: Inputs) -> Case:
+    ds = mini_voc(folder / "ds", inp)
+    mini_yolo(ds, inp)
+    return Case("", parse_args(ds, folder), "fail", "--format")
+
+
 # --------------------------------------------------------------------------- propose
 
 def propose_args(parsed: Path, out: Path, *extra: str) -> list[str]:

@@ -268,8 +268,19 @@ def test_parse_synth_demo_pass_no_defaults_of_their_own(monkeypatch, paths, tmp_
     assert seen["kwargs"]["images"] == 12
 
 
+def test_show_and_parse_format_pass_only_what_is_given(monkeypatch, paths, tmp_path):
+    seen = record(monkeypatch, "rcnn.show", "show_dataset", raises=DataError("stopped here"))
+    invoke("show", paths.folder, "--out", str(tmp_path / "s"), code=1)
+    assert set(seen["kwargs"]) == {"echo", "warn"}
+    invoke("show", paths.parsed, "--out", str(tmp_path / "s"), "--max-images", "3", "--format", "coco", "--split", "test", code=1)
+    assert seen["kwargs"]["max_images"] == 3 and seen["kwargs"]["format"] == "coco" and seen["kwargs"]["split"] == "test"
+    seen = record(monkeypatch, "rcnn.parse", "parse_dataset", raises=DataError("stopped here"))
+    invoke("parse", paths.folder, "--out", str(tmp_path / "p.json"), "--format", "yolo", code=1)
+    assert seen["kwargs"]["format"] == "yolo"
+
+
 def test_every_command_is_covered_here():
-    tested = {"parse", "synth", "propose", "crop", "train", "detect", "evaluate", "pipeline", "demo"}
+    tested = {"parse", "synth", "show", "propose", "crop", "train", "detect", "evaluate", "pipeline", "demo"}
     assert set(main.commands) == tested
 
 

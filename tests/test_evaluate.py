@@ -143,3 +143,39 @@ def test_plain_coco_results_with_category_ids():
     assert evaluate([d], ds)["ap50"]["cat"] == 1.0
     with pytest.raises(Exception, match="needs 'bbox'"):
         evaluate([{"file_name": "/data/i.jpg", "score": 0.5}], ds)
+
+
+# --------------------------------------------------------------------------- confusion matrix (issue 12, item 5)
+
+C, D = [400, 10, 480, 90], [10, 400, 90, 480]
+
+
+def test_confusion_matrix_counts_by_hand(tmp_path):
+    ds = dataset({"i": [("cat", A, False), ("dog", B, False), ("cat", D, True)], "j": [("dog", A, False)]})
+    dets = [
+        det("i", "cat", A, 0.9),  # cat found: (cat, cat)
+        det("i", "cat", [205, 205, 300, 300], 0.8),  # the dog called a cat: (dog, cat)
+        det("i", "dog", [215, 215, 300, 300], 0.3),  # overlaps the dog less (IoU 0.72 < 0.90): a false alarm (background, dog)
+        det("i", "dog", C, 0.7),  # nothing there: (background, dog)
+        det("i", "dog", A, 0.1),  # under the 0.25 score: not counted
+        det("i", "cat", D, 0.9),  # the difficult cat: not counted
+    ]  # and the dog of j is missed: (dog, background)
+    r = evaluate(dets, ds, plot=tmp_path / "pr.png", confusion_plot=tmp_path / "cm.png")
+    cm = r["confusion_matrix"]
+    assert cm["labels"] == ["cat", "dog", "background"] and cm["rows"] == "ground truth" and cm["conf"] == 0.25
+    # rows: true cat, dog, background; columns: detected cat, dog, background
+    assert cm["matrix"] == [[1, 0, 0],
+                            [1, 0, 1],
+                            [0, 2, 0]]
+    from PIL import Image
+
+    for png in ("pr.png", "cm.png"):
+        with Image.open(tmp_path / png) as im:
+            assert im.format == "PNG" and im.text.get("rcnn") == "evaluate"
+    assert evaluate(dets, ds, confusion_conf=0.05)["confusion_matrix"]["matrix"] == [[1, 0, 0], [1, 0, 1], [0, 3, 0]]
+    assert evaluate([], ds)["confusion_matrix"]["matrix"] == [[0, 0, 1], [0, 0, 2], [0, 0, 0]]
+    # pairs are matched by IoU, not by score (as Ultralytics does): the exact dog box takes the dog
+    exact = [det("i", "cat", [205, 205, 300, 300], 0.8), det("i", "dog", B, 0.3)]
+    assert evaluate(exact, ds)["confusion_matrix"]["matrix"] == [[0, 0, 1], [0, 1, 1], [1, 0, 0]]
+    with pytest.raises(ValueError, match="confusion_conf"):
+        evaluate(dets, ds, confusion_conf=1.5)
