@@ -416,7 +416,7 @@ def class_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
 
 
 DETECT_FN = "detect:detect"
-RUNTIMES = ("torch", "onnx")  # rcnn.detect.RUNTIMES (written here too: importing the CLI does not import torch)
+RUNTIMES = ("auto", "torch", "onnx")  # rcnn.detect.RUNTIMES (written here too: importing the CLI does not import torch)
 detect_outputs = apply(
     click.option("--source", help="Read frames from a camera index (0, 1, ...) or a stream URL too; stops at --max-frames or Ctrl-C."),
     option_for(DETECT, "vid_stride", "--vid-stride", type=click.IntRange(1), help="Videos: score every Nth frame; the frames between are written with the latest boxes."),

@@ -58,10 +58,13 @@ class DetectConfig:
     # carrying the latest scored frame's boxes (as Ultralytics does), so the video keeps its length and speed.
     vid_stride: int = 1
     max_frames: int = 0  # videos and cameras: read at most this many frames (0 = all; a camera runs until interrupted)
-    # Where the network runs: "torch", or "onnx" (the network exported to ONNX in memory and run by onnxruntime on
-    # the CPU, `pip install 'rcnn[onnx]'`; selective search, warping and NMS are the same). RUNTIME_MEASURED says why
-    # torch is the default.
-    runtime: str = "torch"
+    # Where the network runs: "torch"; "onnx": onnxruntime on the CPU (`pip install 'rcnn[onnx]'`), with the graph
+    # `rcnn export MODEL` left in the model folder, else one exported now (about 5 s); selective search, warping and
+    # NMS are the same. "auto": onnx where that graph exists (and matches the model), the model runs on the CPU and
+    # onnxruntime is installed, else torch. bench/detect.py part 4, raccoon, 1 thread each: onnxruntime scores an
+    # image 1.45x faster than PyTorch for fast (0.88 against 1.28 s, 1,284 regions) and CLASSIC_RATIO for rcnn; the export is
+    # not done by default because it costs as much as scoring about 12 images.
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("threshold", "vote_iou", "draw_threshold"):
@@ -90,7 +93,7 @@ class DetectConfig:
 
 SCORED_PROPOSALS = {"rcnn": 500, "fast": 2000}  # score_proposals=0: per architecture
 SCORE_THRESHOLDS = {"rcnn": 0.3, "fast": 0.05}  # threshold=None: per architecture
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 def check_classes(names: list[str] | None, classes: list[str]) -> list[str] | None:
@@ -578,10 +581,11 @@ def detect(model: LoadedModel, inputs: list[str] | list[Path], run: str | Path, 
     names = output_names([*paths, *([Path(f"camera{stream}" if isinstance(stream, int) else "stream")] if source is not None else [])])
     files = RunFiles(run, model.classes, save_xml, save_txt, save_conf, save_crop)
     check_outputs(run, paths, names, save_images, files)
-    if config.runtime == "onnx":
-        from .export import OnnxModel, onnx_model
+    if config.runtime != "torch":
+        from .export import with_runtime
 
-        model = model if isinstance(model, OnnxModel) else onnx_model(model)
+        model, runtime = with_runtime(model, config.runtime)
+        config = replace(config, runtime=runtime)  # the summary records the one that ran
     results: list[ImageResult] = []
     failures: list[str] = []
     videos: list[dict[str, Any]] = []

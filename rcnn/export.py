@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import DataError, MissingDependencyError
-from .io import folder_kind, load_rgb, write_atomic
+from .io import digest, folder_kind, load_rgb, write_atomic
 from .model import LoadedModel, auto_batch_size, preprocess
 
 ONNX_FORMAT = "rcnn-onnx-v1"  # metadata_props "rcnn" of every file we write: how a re-run knows its own file
@@ -136,12 +136,17 @@ def export_graph(model: LoadedModel, sample: dict[str, np.ndarray], opset: int =
                           opset_version=opset, input_names=names, output_names=["scores", "deltas"], dynamic_axes=dynamic)
     proto = onnx.load_from_string(buf.getvalue())
     meta = {"rcnn": ONNX_FORMAT, "arch": model.arch, "classes": ",".join(model.classes),
-            "backbone": model.config.backbone, "input_size": str(model.input_size)}
+            "backbone": model.config.backbone, "input_size": str(model.input_size), "model_digest": model_digest(model)}
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
+
+
+def model_digest(model: LoadedModel) -> str:
+    """SHA-1 of the model's config.json record (which holds its weights' SHA-1): what an exported graph was made from."""
+    return digest(model.config.to_json())
 
 
 def session(data: bytes | str | Path, threads: int = 0) -> Any:
@@ -216,15 +221,20 @@ def check_onnx_out(out: Path, model_dir: Path) -> None:
             raise DataError(f"--out {out} exists and was not written by `rcnn export`; choose another path (or remove it yourself)")
 
 
-def is_own_onnx(path: Path) -> bool:
-    """Whether ``path`` is an ONNX file whose metadata says rcnn wrote it."""
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """The metadata of an ONNX file ({} when it is not one, cannot be read, or onnx is missing)."""
     try:
         import onnx
 
         proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not ONNX, unreadable, or onnx missing: not ours
-        return False
-    return any(p.key == "rcnn" and p.value == ONNX_FORMAT for p in proto.metadata_props)
+    except Exception:  # not ONNX, unreadable, or onnx missing
+        return {}
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def is_own_onnx(path: Path) -> bool:
+    """Whether ``path`` is an ONNX file whose metadata says rcnn wrote it."""
+    return onnx_metadata(path).get("rcnn") == ONNX_FORMAT
 
 
 def export_onnx(model_dir: str | Path, out: str | Path | None = None, opset: int = OPSET,
@@ -286,8 +296,42 @@ class OnnxModel(LoadedModel):
 
 
 def onnx_model(model: LoadedModel, opset: int = OPSET) -> OnnxModel:
-    """``model`` with its network exported to ONNX in memory and run by onnxruntime (CPU)."""
+    """``model`` run by onnxruntime (CPU): the graph ``rcnn export`` left in its folder (``model.onnx``) when it
+    was exported from this very model, else its network exported now, in memory (a few seconds)."""
     require_onnx("onnx", "onnxruntime")
+    cached = exported_graph(model)
+    if cached is not None:
+        return OnnxModel(model.net, model.config, model.device, model.folder, session(cached))
     image = check_images(None)[0]
     data = export_graph(model, graph_inputs(model, image, selective_search_first(model, image)), opset)
-    return OnnxModel(model.net, model.config, model.device, session(data))
+    return OnnxModel(model.net, model.config, model.device, model.folder, session(data))
+
+
+def exported_graph(model: LoadedModel) -> Path | None:
+    """``model.onnx`` of the model's folder if ``rcnn export`` wrote it from this model (same config and weights)."""
+    path = model.folder / "model.onnx" if model.folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    meta = onnx_metadata(path)
+    return path if meta.get("rcnn") == ONNX_FORMAT and meta.get("model_digest") == model_digest(model) else None
+
+
+def with_runtime(model: LoadedModel, runtime: str) -> tuple[LoadedModel, str]:
+    """``model`` in the runtime ``runtime`` names, and that runtime ("torch" or "onnx").
+
+    "auto" is onnxruntime where it is installed, the model runs on the CPU and its folder holds a graph
+    exported from it (``rcnn export MODEL``), else PyTorch; "onnx" exports the network when there is no such graph.
+    """
+    if isinstance(model, OnnxModel) or runtime == "torch":
+        return model, "onnx" if isinstance(model, OnnxModel) else "torch"
+    if runtime == "auto":
+        if model.device.type != "cpu" or model.folder is None or not (model.folder / "model.onnx").is_file():
+            return model, "torch"  # (checked first: no onnx import, no file read, for a folder without a graph)
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return model, "torch"
+        if exported_graph(model) is None:
+            return model, "torch"
+    return onnx_model(model), "onnx"

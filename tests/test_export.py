@@ -112,3 +112,33 @@ def test_without_onnx_export_says_how_to_install_it(synth_model: Path, tmp_path:
     assert res.output.strip() == ("Error: ONNX support needs the 'onnx' package; install it with "
                                   "`pip install 'rcnn[onnx]'` (or `pip install onnx onnxruntime`)")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_auto_runtime_uses_the_graph_exported_into_the_model_folder(classic_onnx, synth_model: Path, fast_model: Path,
+                                                                     synth_data: Path, tmp_path: Path):
+    import json
+    import shutil
+
+    image = str(sorted((synth_data / "JPEGImages").glob("*.jpg"))[1])
+    classic, fast = tmp_path / "classic", tmp_path / "fast"
+    shutil.copytree(synth_model, classic)
+    shutil.copytree(fast_model, fast)
+
+    def run(model: Path, name: str, *extra: str) -> tuple[str, list]:
+        out = tmp_path / name
+        res = CliRunner().invoke(main, ["detect", str(model), image, "--out", str(out), "--no-images", "--device", "cpu",
+                                        "--max-side", "100", "--detect-proposals", "60", "--threshold", "0.05", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads((out / "summary.json").read_text())["config"]["runtime"], json.loads((out / "detections.json").read_text())
+
+    runtime, ref = run(classic, "plain")
+    assert runtime == "torch"  # no graph in the folder
+    shutil.copyfile(classic_onnx[0], classic / "model.onnx")  # what `rcnn export MODEL` leaves there
+    runtime, got = run(classic, "cached")
+    assert runtime == "onnx" and [d["category"] for d in got] == [d["category"] for d in ref]
+    np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in ref], atol=1e-4)
+    assert run(classic, "forced", "--runtime", "torch")[0] == "torch"
+    shutil.copyfile(classic_onnx[0], fast / "model.onnx")  # a graph of another model is never used
+    assert run(fast, "other")[0] == "torch"
+    (fast / "model.onnx").write_bytes(b"junk")
+    assert run(fast, "junk")[0] == "torch"
