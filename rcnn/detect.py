@@ -4,7 +4,9 @@ For each image: selective search (the settings the model was trained with, unles
 overridden) → the first ``score_proposals`` regions warped exactly as in training →
 class probabilities in batches → per-class threshold and NMS → at most
 ``max_detections`` boxes. Results go into a run folder: annotated images,
-``detections.json`` (COCO results format), ``detections.csv`` and optional VOC XML.
+``detections.json`` (COCO results format), ``detections.csv`` and optional VOC XML, YOLO
+labels and crops. A video (or camera) is read frame by frame: every ``vid_stride``-th frame is
+scored as an image is, and the annotated video keeps every frame (see :func:`detect_video`).
 """
 
 from __future__ import annotations
