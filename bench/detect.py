@@ -8,8 +8,12 @@
 3. Fast R-CNN (``--arch fast``, every proposal pooled from one backbone pass) against the
    classic path (``--arch rcnn``), both at their defaults, on the same images and the same
    stored proposals: seconds per image of scoring + NMS, and the ratio.
+4. The network in PyTorch against onnxruntime (``rcnn detect --runtime onnx``: CPU, as many threads
+   as torch uses), for each architecture at its default number of proposals, on the same images and
+   proposals, one image in each runtime in turn: seconds per image of scoring, the ratio, the
+   one-off export and the largest score difference.
 
-Usage: python bench/detect.py [--model DIR] [--fast-model DIR] [--images 10] [--regions 200] [--parts 1,2,3]
+Usage: python bench/detect.py [--model DIR] [--fast-model DIR] [--images 10] [--regions 200] [--parts 1,2,3,4]
 Without --model, an untrained EfficientNet-Lite0 classifier at 224 px is used (random head
 weights are fine for timing); without --fast-model, a Fast R-CNN with ImageNet backbone
 weights and a random head. Part 1 compares the first ``--regions`` proposals of each image.
@@ -67,20 +71,55 @@ def fast_against_classic(classic: LoadedModel, fast: LoadedModel, images: list[n
     print(f"images={len(images)} fast_vs_classic_speedup={t_classic / t_fast:.1f}x")
 
 
+def onnx_against_torch(classic: LoadedModel, fast: LoadedModel, images: list[np.ndarray]) -> None:
+    """Part 4: the same network in PyTorch and in onnxruntime, on the same images and proposals."""
+    from rcnn.export import onnx_model
+
+    proposals = [selective_search(img, ProposeConfig()) for img in images]
+    print(f"torch threads: {torch.get_num_threads()} (onnxruntime gets as many)")
+    for model in (fast, classic):
+        n = DetectConfig().proposals_for(model.arch)
+        t = time.perf_counter()
+        onnx = onnx_model(model)
+        t_export = time.perf_counter() - t
+        score_regions(model, images[0], proposals[0][:20])  # warm-up of both
+        score_regions(onnx, images[0], proposals[0][:20])
+        t_torch = t_onnx = diff = 0.0
+        regions = 0
+        for img, boxes in zip(images, proposals):  # in turn, image by image: load changes hit both alike
+            b = boxes[:n]
+            regions += len(b)
+            t = time.perf_counter()
+            ref, _ = score_regions(model, img, b)
+            t_torch += time.perf_counter() - t
+            t = time.perf_counter()
+            got, _ = score_regions(onnx, img, b)
+            t_onnx += time.perf_counter() - t
+            diff = max(diff, float(np.abs(got - ref).max()))
+        k = len(images)
+        print(f"{model.arch}: {regions // k} regions an image, PyTorch {t_torch / k:.3f} s/image, onnxruntime "
+              f"{t_onnx / k:.3f} s/image, export {t_export:.1f} s once per run, max |score difference| {diff:.1e}")
+        print(f"images={k} {model.arch}_onnx_vs_torch_speedup={t_torch / t_onnx:.2f}x export_s={t_export:.1f} "
+              f"break_even_images={t_export / max(t_torch / k - t_onnx / k, 1e-9):.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", type=Path, help="a model folder from `rcnn train` (our defaults)")
     ap.add_argument("--images", type=int, default=10)
     ap.add_argument("--regions", type=int, default=200, help="regions per image for the score-agreement check")
     ap.add_argument("--fast-model", type=Path, help="a model folder from `rcnn train --arch fast`")
-    ap.add_argument("--parts", default="1,2,3", help="which comparisons to run (comma-separated)")
+    ap.add_argument("--parts", default="1,2,3,4", help="which comparisons to run (comma-separated)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     ds = raccoon_dataset("test", args.images)
     images = [load_rgb(a.path) for a in ds.images]
     ours = load_model(args.model) if args.model else untrained()
+    fast = (load_model(args.fast_model) if args.fast_model else untrained_fast()) if parts & {"3", "4"} else None
     if "3" in parts:
-        fast_against_classic(ours, load_model(args.fast_model) if args.fast_model else untrained_fast(), images)
+        fast_against_classic(ours, fast, images)
+    if "4" in parts:
+        onnx_against_torch(ours, fast, images)
     if "1" in parts:
         same_model(ours, images, args.regions)
     if "2" in parts:

@@ -433,30 +433,76 @@ def detect_settings(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def class_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...] | None) -> list[str] | None:
+    """Click callback of a repeatable, comma-separated option: ("cat,dog", "bird") -> ["cat", "dog", "bird"]; none: None."""
+    names = [n for v in value or () for n in split_csv(v) or []]
+    return names or None
+
+
+DETECT_FN = "detect:detect"
+RUNTIMES = ("auto", "torch", "onnx")  # rcnn.detect.RUNTIMES (written here too: importing the CLI does not import torch)
+detect_outputs = apply(
+    click.option("--source", help="Read frames from a camera index (0, 1, ...) or a stream URL too; stops at --max-frames or Ctrl-C."),
+    option_for(DETECT, "vid_stride", "--vid-stride", type=click.IntRange(1), help="Videos: score every Nth frame; the frames between are written with the latest boxes."),
+    option_for(DETECT, "max_frames", "--max-frames", type=click.IntRange(0), help="Videos and cameras: read at most N frames; 0 = all."),
+    option_for(DETECT, "keep_classes", "--classes", multiple=True, callback=class_names, default_text="all",
+               help="Detect only these classes (comma-separated or repeated)."),
+    option_for(DETECT, "runtime", "--runtime", type=click.Choice(RUNTIMES), help="Run the network in PyTorch, or export it to ONNX and run it in onnxruntime (CPU; needs rcnn[onnx])."),
+    click.option("--save-xml", is_flag=True, help="Also write VOC XML per image (for annotation tools)."),
+    option_for(DETECT_FN, "save_txt", "--save-txt", is_flag=True, help="Also write YOLO labels: labels/NAME.txt, `class cx cy w h` normalised, class 0-based."),
+    option_for(DETECT_FN, "save_conf", "--save-conf", is_flag=True, help="With --save-txt: the score as a sixth column."),
+    option_for(DETECT_FN, "save_crop", "--save-crop", is_flag=True, help="Also write each detection's pixels: crops/CLASS/NAME_K.jpg."),
+    click.option("--no-images", is_flag=True, help="Do not write annotated images or videos."),
+)
+
+
 @main.command("detect")
 @click.argument("model_dir", type=EXISTING_DIR)
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/detect/predict, auto-numbered].")
 @click.option("--name", default="predict", help="Run name under runs/detect when --out is not given.")
 @detect_options
 @propose_options(default_text="as the model was trained")
 @click.option("--proposals", type=EXISTING_DIR, help="Reuse this folder of `rcnn propose` instead of running selective search.")
 @option_for(DETECT, "draw_threshold", "--draw-threshold", type=click.FloatRange(0, 1), help="Annotated images show only detections scoring at least this; the JSON/CSV keep all.")
-@click.option("--save-xml", is_flag=True, help="Also write VOC XML per image (for annotation tools).")
-@click.option("--no-images", is_flag=True, help="Do not write annotated images.")
+@detect_outputs
 @handle_errors
 def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name: str, proposals: Path | None,
-               save_xml: bool, no_images: bool, **options: Any) -> None:
-    """Detect objects in INPUTS (image files, folders or globs) with the model in MODEL_DIR."""
+               save_xml: bool, no_images: bool, source: str | None, **options: Any) -> None:
+    """Detect objects in INPUTS (images, videos, folders or globs) with the model in MODEL_DIR."""
     from .detect import DetectConfig, detect, model_propose_config, next_run_dir
     from .model import load_model
 
+    if not inputs and source is None:
+        raise click.UsageError("give INPUTS (images, videos, folders or globs) or --source")
     config = configured(DetectConfig(), detect_settings(options))
     model = load_model(model_dir, config.device)
     # selective search as the model was trained, with the options given on top
     config = dataclasses.replace(config, propose=configured(model_propose_config(model), options))
     detect(model, list(inputs), out or next_run_dir("runs/detect", name), config, save_images=not no_images,
-           save_xml=save_xml, proposals=proposals, echo=click.echo, warn=warn)
+           save_xml=save_xml, proposals=proposals, echo=click.echo, warn=warn, source=source,
+           **given(options, "save_txt", "save_conf", "save_crop"))
+
+
+# --------------------------------------------------------------------------- export
+
+
+@main.command("export")
+@click.argument("model_dir", type=EXISTING_DIR)
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", help="Export format.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write [default: MODEL_DIR/model.onnx].")
+@option_for("export:export_onnx", "opset", "--opset", type=click.IntRange(16, 21), help="ONNX opset (roi_align needs 16 or later).")
+@click.option("--check-image", "images", multiple=True, type=EXISTING_FILE, help="Images to check onnxruntime against PyTorch on [default: two synthetic scenes].")
+@option_for("export:export_onnx", "regions", "--regions", type=click.IntRange(1), help="Proposals of each check image compared.")
+@handle_errors
+def export_cmd(model_dir: Path, fmt: str, out: Path | None, images: tuple[Path, ...], **options: Any) -> None:
+    """Export the network of the model in MODEL_DIR (the classifier, or Fast R-CNN's backbone + RoIAlign + head) to ONNX."""
+    from .export import export_onnx
+
+    report = export_onnx(model_dir, out, images=list(images) or None, **given(options))
+    click.echo(f"{report.arch} network -> {report.path} (opset {report.opset}, inputs {', '.join(report.inputs)})")
+    click.echo(f"onnxruntime against PyTorch on {report.regions_checked} regions of {report.images_checked} images: "
+               f"max |score difference| {report.max_score_diff:.1e}, max |delta difference| {report.max_delta_diff:.1e}")
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -299,8 +299,8 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {e}") from None
 
 
-def find_images(inputs: list[str]) -> list[Path]:
-    """Expand files, folders (recursively) and glob patterns into a sorted list of images.
+def find_images(inputs: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Expand files, folders (recursively: the files with one of ``extensions``) and glob patterns into a sorted list.
 
     Raises:
         DataError: an input matches nothing.
@@ -311,7 +311,7 @@ def find_images(inputs: list[str]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+            found += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in extensions)
         elif p.is_file():
             found.append(p)
         else:

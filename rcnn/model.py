@@ -103,6 +103,7 @@ class LoadedModel:
     net: nn.Module  # a RegionClassifier (arch "rcnn") or a rcnn.fast.FastRCNN (arch "fast")
     config: ModelConfig
     device: torch.device = torch.device("cpu")
+    folder: Path | None = None  # the model folder it was loaded from (None: built in memory)
 
     @property
     def classes(self) -> list[str]:
@@ -353,7 +354,7 @@ def load_model(folder: str | Path, device: str = "auto") -> LoadedModel:
     net = net.to(dev).eval()
     if cfg.arch == "rcnn":
         net = net.to(memory_format=torch.channels_last)
-    return LoadedModel(net, cfg, dev)
+    return LoadedModel(net, cfg, dev, folder)
 
 
 def build_network(cfg: ModelConfig) -> nn.Module:

@@ -40,6 +40,15 @@ def _draw(img: np.ndarray, label: str, box: tuple[int, int, int, int], rng: np.r
             cv2.line(img, (x1 + 2, y), (x2 - 3, y), edge, 2)
 
 
+def scene(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """One synthetic RGB scene ``[height, width, 3]`` uint8 with a disc and a square (no annotation)."""
+    rng = np.random.default_rng(seed)
+    img = _background(rng, height, width)
+    _draw(img, "disc", (width // 5, height // 5, width // 2, height // 2), rng)
+    _draw(img, "square", (width // 2, height // 2, width - 10, height - 10), rng)
+    return img
+
+
 def _voc_xml(filename: str, width: int, height: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
     root = etree.Element("annotation")
     etree.SubElement(root, "filename").text = filename

@@ -90,3 +90,16 @@ def synth_model(synth_crops: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     train(synth_crops, out, TrainConfig(backbone="efficientnet_lite0", epochs=8, optimizer="adam", lr=3e-3,
                                         batch_size=32), progress=False)
     return out
+
+
+# a Fast R-CNN small enough to train in seconds (random backbone weights: these tests check plumbing, not accuracy)
+FAST_TINY = dict(weights="none", image_size=64, max_image_size=96, epochs=3, rois_per_image=16, hidden=32)
+
+
+@pytest.fixture(scope="session")
+def fast_model(synth_parsed: Path, synth_props: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rcnn.fast import FastConfig, train_fast_model
+
+    out = tmp_path_factory.mktemp("fast_model")
+    train_fast_model(synth_parsed, synth_props, out, FastConfig(**FAST_TINY), progress=False, echo=lambda _: None)
+    return out

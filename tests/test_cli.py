@@ -98,7 +98,7 @@ def test_no_option_writes_its_own_default_for_a_library_setting():
     no_default = (None, False, getattr(click.core, "UNSET", None))  # Click 8.3+ marks "no default" with UNSET
     plain = {(c, p.name) for c, p in all_options() if not isinstance(p, LibraryOption) and p.default not in no_default}
     assert plain <= {("propose", "split"), ("crop", "split"), ("crop", "fmt"), ("detect", "name"),
-                     ("evaluate", "split"), ("demo", "out")}, plain
+                     ("evaluate", "split"), ("demo", "out"), ("export", "fmt")}, plain
 
 
 def test_backbone_choices_come_from_the_registry(monkeypatch, tmp_path):
@@ -213,6 +213,35 @@ def test_detect_without_options_uses_the_defaults_and_the_models_proposals(monke
                                            device="cpu", propose=ProposeConfig(max_side=50, mode="quality"))
 
 
+def test_detect_video_and_output_options_reach_the_library(monkeypatch, paths):
+    fake_model(monkeypatch)
+    seen = record(monkeypatch, "rcnn.detect", "detect", [])
+    invoke("detect", paths.folder, "clip.mp4", "--out", paths.out)
+    assert {k: seen["kwargs"][k] for k in ("source",)} == {"source": None}
+    assert not {"save_txt", "save_conf", "save_crop"} & set(seen["kwargs"])  # not given: the library's defaults
+    invoke("detect", paths.folder, "clip.mp4", "--out", paths.out, "--vid-stride", "3", "--max-frames", "10",
+           "--classes", "cat,dog", "--classes", "bird", "--runtime", "onnx", "--save-txt", "--save-conf", "--save-crop")
+    assert seen["args"][3] == DetectConfig(vid_stride=3, max_frames=10, keep_classes=["cat", "dog", "bird"], runtime="onnx",
+                                           propose=ProposeConfig(max_side=123, mode="quality"))
+    assert seen["kwargs"]["save_txt"] is seen["kwargs"]["save_conf"] is seen["kwargs"]["save_crop"] is True
+    invoke("detect", paths.folder, "--source", "0", "--out", paths.out)
+    assert seen["args"][1] == [] and seen["kwargs"]["source"] == "0"
+    assert "give INPUTS" in invoke("detect", paths.folder, "--out", paths.out, code=2)
+    assert "--vid-stride" in invoke("detect", paths.folder, "x.mp4", "--vid-stride", "0", code=2)
+
+
+def test_export_passes_on_only_what_is_given(monkeypatch, paths):
+    report = SimpleNamespace(arch="fast", path="m.onnx", opset=17, inputs=["image", "rois"], regions_checked=5,
+                             images_checked=2, max_score_diff=1e-7, max_delta_diff=2e-7)
+    seen = record(monkeypatch, "rcnn.export", "export_onnx", report)
+    out = invoke("export", paths.folder, "--format", "onnx", "--out", "m.onnx")
+    assert seen["args"][1] == Path("m.onnx") and seen["kwargs"] == {"images": None}
+    assert "m.onnx" in out and "max |score difference| 1.0e-07" in out
+    invoke("export", paths.folder, "--opset", "18", "--regions", "9", "--check-image", paths.parsed)
+    assert seen["args"][1] is None and seen["kwargs"] == {"images": [Path(paths.parsed)], "opset": 18, "regions": 9}
+    assert "'tflite'" in invoke("export", paths.folder, "--format", "tflite", code=2)
+
+
 def test_old_batch_size_of_detection_still_works(monkeypatch, paths):
     fake_model(monkeypatch)
     seen = record(monkeypatch, "rcnn.detect", "detect", [])
@@ -280,7 +309,7 @@ def test_show_and_parse_format_pass_only_what_is_given(monkeypatch, paths, tmp_p
 
 
 def test_every_command_is_covered_here():
-    tested = {"parse", "synth", "show", "propose", "crop", "train", "detect", "evaluate", "pipeline", "demo"}
+    tested = {"parse", "synth", "show", "propose", "crop", "train", "detect", "evaluate", "pipeline", "demo", "export"}
     assert set(main.commands) == tested
 
 

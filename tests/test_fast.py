@@ -114,14 +114,8 @@ def test_config_is_validated():
         FastConfig(class_weights="1,2")
 
 
-@pytest.fixture(scope="module")
-def fast_model(synth_parsed: Path, synth_props: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fast_model")
-    train_fast_model(synth_parsed, synth_props, out, FastConfig(**{**TINY, "epochs": 3}), progress=False, echo=lambda _: None)
-    return out
-
-
 def test_train_writes_a_model_folder_detect_knows(fast_model: Path, synth_parsed: Path, tmp_path: Path):
+    """(``fast_model`` is the session fixture of conftest.py: TINY with 3 epochs.)"""
     cfg = ModelConfig.load(fast_model)
     assert cfg.arch == "fast" and cfg.classes[0] == "background" and cfg.max_size == 96 and cfg.input_size == 64
     report = json.loads((fast_model / "report.json").read_text())
