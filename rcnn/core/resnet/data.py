@@ -181,7 +181,10 @@ def make_digits(out: str | os.PathLike, test_fraction: float = 0.2, seed: int = 
     if limit:
         x, y = x[:limit], y[:limit]
     rng = np.random.default_rng(seed)
-    test = rng.random(len(y)) < test_fraction
+    test = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):  # the same share of every digit in test/, so both trees have every class
+        idx = rng.permutation(np.flatnonzero(y == c))
+        test[idx[:max(1, int(round(test_fraction * len(idx))))]] = True
     for k in range(len(y)):
         glyph = np.kron(x[k], np.ones((3, 3)))[..., None]  # (24, 24, 1) in [0, 1]
         bg, fg = rng.integers(0, 100, 3), rng.integers(156, 256, 3)  # a light digit on a dark canvas, random hues
