@@ -1,7 +1,8 @@
 """Training throughput (images/s, forward + backward + Adam step) of each study variant of MyResNet on this CPU.
 
 Random 32×32 images at the default network size (``ResNetConfig``: width 16, blocks 2,2,2) and batch 128
-(``StudyTrainConfig``); one warm-up step, then the median of ``--steps`` timed steps. One line per variant,
+(``StudyTrainConfig``); one warm-up step, then the median of ``--steps`` timed steps, in this process's CPU time
+(fair on a shared machine; with OMP_NUM_THREADS=1 it equals the wall time on an idle one). One line per variant,
 then ``slowest/fastest=<x>``.
 
     OMP_NUM_THREADS=2 python bench/resnet.py [--steps 3 --batch 128]
@@ -29,13 +30,13 @@ def throughput(variant: str, batch: int, steps: int) -> tuple[float, int]:
     x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     times = []
     for k in range(steps + 1):
-        t = time.perf_counter()
+        t = time.process_time()
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if k:  # the first step warms up
-            times.append(time.perf_counter() - t)
+            times.append(time.process_time() - t)
     return batch / statistics.median(times), sum(p.numel() for p in model.parameters())
 
 
@@ -44,7 +45,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=StudyTrainConfig().batch_size)
     args = ap.parse_args()
-    print(f"torch threads {torch.get_num_threads()}, batch {args.batch}")
+    print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, images per CPU second")
     rates = {}
     for v in STUDY_VARIANTS:
         rates[v], params = throughput(v, args.batch, args.steps)

@@ -2,8 +2,9 @@
 
 The loop (a Python loop over every pair, one NumPy distance each, as the original study's first version) runs on
 a subset of ``--subset`` samples and is scaled up by (N / subset)² for SI and N / subset for CSI; on that subset
-both versions must give the same SI and CSI. Defaults: the issue's 10,000 × 4,096. Ends with one line:
-``chunked_s=<s> loop_estimate_s=<s> speedup=<x>``.
+both versions must give the same SI and CSI. Defaults: the issue's 10,000 × 4,096. Times are wall clock and
+this process's CPU time (the fair measure on a shared machine; run with OMP_NUM_THREADS=1 for them to agree
+on an idle one). Ends with one line: ``chunked_s=<s> loop_estimate_s=<s> speedup=<x>`` (CPU seconds).
 
     OMP_NUM_THREADS=2 python bench/separability.py [--n 10000 --d 4096 --subset 150 --chunk 1024]
 """
@@ -57,25 +58,25 @@ def main() -> None:
     x = (rng.standard_normal((args.n, args.d)) + 0.05 * rng.standard_normal((args.classes, args.d))[y]).astype(np.float32)
     print(f"{args.n} samples x {args.d} features, {args.classes} classes, torch threads {torch.get_num_threads()}", flush=True)
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     si, csi = separability_index(x, y, args.chunk), class_separability_index(x, y, args.chunk)
-    chunked = time.perf_counter() - t
-    print(f"chunked cdist: SI {si:.4f} CSI {csi:.4f} in {chunked:.2f} s", flush=True)
+    wall, chunked = time.perf_counter() - t, time.process_time() - c
+    print(f"chunked cdist: SI {si:.4f} CSI {csi:.4f} in {chunked:.2f} CPU s ({wall:.2f} s wall)", flush=True)
 
     m = args.subset
     xs, ys = x[:m], y[:m]
     centres = np.stack([x[y == c].mean(0) for c in range(args.classes)])
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     si_m = si_loop(xs, ys)
-    t_si = time.perf_counter() - t
-    t = time.perf_counter()
+    t_si, wall_si = time.process_time() - c, time.perf_counter() - t
+    c = time.process_time()
     csi_m = csi_loop(xs, ys, centres)
-    t_csi = time.perf_counter() - t
+    t_csi = time.process_time() - c
     assert si_m == separability_index(xs, ys), (si_m, separability_index(xs, ys))
     full_csi_hits = [int(np.argmin(np.linalg.norm(centres - x[i], axis=1)) == y[i]) for i in range(m)]
     assert csi_m == float(np.mean(full_csi_hits))
     estimate = t_si * (args.n / m) ** 2 + t_csi * (args.n / m)
-    print(f"loop on {m} samples: SI {t_si:.2f} s, CSI {t_csi:.3f} s (same values as the chunked version); "
+    print(f"loop on {m} samples: SI {t_si:.2f} CPU s ({wall_si:.2f} s wall), CSI {t_csi:.3f} CPU s (same values as the chunked version); "
           f"scaled to {args.n}: {estimate:.0f} s", flush=True)
     print(f"chunked_s={chunked:.2f} loop_estimate_s={estimate:.0f} speedup={estimate / chunked:.0f}")
 
