@@ -51,6 +51,8 @@ bench: $(STAMP)
 	$(PYTHON) bench/crop.py
 	$(PYTHON) bench/train.py
 	$(PYTHON) bench/detect.py
+	$(PYTHON) bench/separability.py
+	$(PYTHON) bench/resnet.py
 
 clean:
 	rm -rf .make runs build *.egg-info
