@@ -7,7 +7,6 @@ loaded with ``weights_only=True``), ``config.json`` (network, training settings,
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -245,6 +244,6 @@ def load_run(run: str | os.PathLike) -> tuple[MyResNet, dict[str, Any]]:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except (RuntimeError, OSError, ValueError) as e:
         raise DataError(f"cannot load {weights}: {str(e).splitlines()[0]}") from None
-    if any(not math.isfinite(float(p.abs().sum())) for p in model.parameters()):
+    if not all(bool(torch.isfinite(p.detach()).all()) for p in model.parameters()):
         raise DataError(f"{weights} holds non-finite weights")
     return model.eval(), cfg
