@@ -64,8 +64,8 @@ class DetectConfig:
     # `rcnn export MODEL` left in the model folder, else one exported now (about 5 s); selective search, warping and
     # NMS are the same. "auto": onnx where that graph exists (and matches the model), the model runs on the CPU and
     # onnxruntime is installed, else torch. bench/detect.py part 4, raccoon, 1 thread each: onnxruntime scores an
-    # image 1.45x faster than PyTorch for fast (0.88 against 1.28 s, 1,284 regions) and CLASSIC_RATIO for rcnn; the export is
-    # not done by default because it costs as much as scoring about 12 images.
+    # image 1.45x faster than PyTorch for fast (0.88 against 1.28 s, 1,284 regions; rcnn: not measured yet); the
+    # export is not done by default because it costs as much as scoring about 12 images.
     runtime: str = "auto"
 
     def __post_init__(self) -> None:
