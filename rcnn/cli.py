@@ -572,6 +572,7 @@ def echo_result(report: Any, out: Path) -> None:
 @option_for(CROP, "mine_pool", "--mine-pool", type=click.IntRange(0), help="--arch rcnn: backgrounds per training image kept aside for hard-negative mining.")
 @option_for(TRAIN, "mining_rounds", "--mining-rounds", type=click.IntRange(0), help="--arch rcnn: rounds of hard-negative mining over that pool; 0 = off.")
 @option_for(PIPELINE, "workers", "--workers", type=click.IntRange(0), help="Selective-search processes; 0 = one per core.")
+@option_for(PIPELINE, "seed", "--seed", type=int, help="Seed of every stage: the split (without split files), the proposal order, sampling and training.")
 @propose_options()
 @detect_options
 @handle_errors

@@ -277,6 +277,9 @@ def test_pipeline_routes_each_option_to_its_stage(monkeypatch, paths):
     assert c.train == TrainConfig(epochs=3, device="cpu", hflip=True, backbone="mobilenet_v2")  # --batch-size is not training's
     assert c.crop == CropConfig(size=64) and c.propose == ProposeConfig(max_side=200)
     assert c.detect == DetectConfig(score_proposals=40, device="cpu", forward_batch=2)
+    invoke("pipeline", paths.folder, "--out", paths.out, "--seed", "3")  # one seed for every stage that has one
+    c = seen["args"][2]
+    assert (c.seed, c.propose.seed, c.crop.seed, c.train.seed, c.fast.seed) == (3, 3, 3, 3, 3)
 
 
 def test_parse_synth_demo_pass_no_defaults_of_their_own(monkeypatch, paths, tmp_path):
