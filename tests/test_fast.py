@@ -136,6 +136,20 @@ def test_train_writes_a_model_folder_detect_knows(fast_model: Path, synth_parsed
     assert dets and all(d["category"] in cfg.classes[1:] for d in dets)
 
 
+def test_training_keeps_the_frozen_stages_statistics(fast_model: Path):
+    """Caching the frozen stages runs them in eval mode: their BatchNorm statistics stay those the network was
+    built with (here weights=none: mean 0, variance 1), so training features are what detection computes."""
+    cfg = ModelConfig.load(fast_model)
+    trained = load_model(fast_model, "cpu").net
+    fresh = build_net(FastConfig(**{**TINY, "image_size": cfg.input_size, "max_image_size": cfg.max_size}), len(cfg.classes))
+    frozen = [(n, b) for n, b in trained.named_buffers() if n.startswith("stages.") and int(n.split(".")[1]) < 3
+              and n.endswith(("running_mean", "running_var"))]
+    assert frozen
+    ref = dict(fresh.named_buffers())
+    for name, buf in frozen:
+        torch.testing.assert_close(buf, ref[name], rtol=0, atol=0, msg=name)
+
+
 def test_train_cli_picks_the_arch_from_its_input(synth_parsed: Path, synth_props: Path, synth_crops: Path, tmp_path: Path):
     runner = CliRunner()
     res = runner.invoke(main, ["train", str(synth_parsed), "--out", str(tmp_path / "m"), "--proposals", str(synth_props),
