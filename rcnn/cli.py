@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -272,6 +273,41 @@ def synth(out: Path, **options: Any) -> None:
     click.echo(f"{n_images} images written to {out}")
 
 
+# --------------------------------------------------------------------------- scaling out (rcnn.scale)
+
+
+def shard_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """Click callback: "1/4" -> (1, 4); a bad value is a usage error."""
+    from .scale import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def ray_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: the Ray address, after checking that Ray is installed (one line saying how otherwise)."""
+    if value is not None and importlib.util.find_spec("ray") is None:
+        raise click.ClickException("--ray needs Ray, which is not installed: pip install 'rcnn[ray]'")
+    return value
+
+
+def scale_options(shard: bool = True) -> Callable[[Any], Any]:
+    """``--shard K/N`` (unless ``shard`` is False) and ``--ray [ADDRESS]`` of the per-image stages."""
+    ray = click.option(
+        "--ray", "ray", is_flag=False, flag_value="local", default=None, callback=ray_option, metavar="[ADDRESS]",
+        help="Run the per-image work as Ray tasks (pip install 'rcnn[ray]'): on the cluster at ADDRESS (auto, "
+             "HOST:PORT, ray://HOST:10001), or on a local one started here (--ray alone, or --ray local).")
+    if not shard:
+        return ray
+    return apply(click.option(
+        "--shard", "shard", callback=shard_option, metavar="K/N",
+        help="Process only shard K of N: the images whose index, sorted by path, is K modulo N. Shards may run at "
+             "once into one --out; a run without --shard then writes the report, computing only what is missing. "
+             "From a scheduler: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT."), ray)
+
+
 # --------------------------------------------------------------------------- propose
 
 def propose_options(default_text: str | None = None) -> Callable[[Any], Any]:
@@ -295,6 +331,7 @@ def propose_options(default_text: str | None = None) -> Callable[[Any], Any]:
 @propose_options()
 @option_for(PROPOSE, "seed", "--seed", type=int, help="Seed of the proposal order (libc rand, used by OpenCV).")
 @option_for("propose:propose_dataset", "workers", "--workers", type=click.IntRange(0), help="Processes; 0 = one per CPU core.")
+@scale_options()
 @handle_errors
 def propose(parsed: Path, out: Path, split: str, **options: Any) -> None:
     """Selective-search region proposals for the images of PARSED (from `rcnn parse`)."""
@@ -302,7 +339,7 @@ def propose(parsed: Path, out: Path, split: str, **options: Any) -> None:
     from .propose import ProposeConfig, format_report, propose_dataset
 
     report = propose_dataset(Dataset.load(parsed), out, configured(ProposeConfig(), options), split=split,
-                             echo=click.echo, warn=warn, **given(options, "workers"))
+                             echo=click.echo, warn=warn, **given(options, "workers", "shard", "ray"))
     click.echo(format_report(report))
     click.echo(f"proposals saved to {out}")
 
@@ -326,6 +363,7 @@ def propose(parsed: Path, out: Path, split: str, **options: Any) -> None:
 @option_for(CROP, "mine_iou", "--mine-iou", type=click.FloatRange(0, 1), help="The mining pool's backgrounds overlap every object below this IoU (R-CNN: 0.3).")
 @option_for(CROP, "include_gt", "--no-gt", is_flag=True, flag_value=False, help="Do not add the ground-truth boxes themselves as positives.")
 @option_for(CROP, "seed", "--seed", type=int, help="Background sampling seed.")
+@scale_options()
 @handle_errors
 def crop(parsed: Path, proposals: Path, out: Path, split: str, fmt: str, **options: Any) -> None:
     """Label the proposals of PARSED by IoU and store the region training set."""
@@ -333,7 +371,7 @@ def crop(parsed: Path, proposals: Path, out: Path, split: str, fmt: str, **optio
     from .parse import Dataset
 
     report = crop_dataset(Dataset.load(parsed), proposals, out, configured(CropConfig(), options), split=split,
-                          imagefolder=fmt == "imagefolder", warn=warn)
+                          imagefolder=fmt == "imagefolder", warn=warn, **given(options, "shard", "ray"))
     click.echo(format_report(report))
     click.echo(f"region set saved to {out}")
 

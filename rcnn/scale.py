@@ -1,0 +1,229 @@
+"""Running the per-image stages past one process: shards that any scheduler can drive, and Ray tasks.
+
+Sharding: ``--shard K/N`` keeps the images whose index, with the images sorted by path, is
+K modulo N (:func:`shard_of`). Each shard writes the same per-image files an unsharded run
+writes, so N shards into one folder (a shared file system) equal one run; a final run without
+``--shard`` writes the reports from what is there and computes only what is missing. Nothing
+is read from ``RANK`` / ``SLURM_*``: a scheduler passes them (``--shard $SLURM_ARRAY_TASK_ID/N``).
+
+Execution: :func:`run_tasks` calls ``fn(shared, item)`` for every item, in this process, in a
+pool of spawned processes, or as Ray tasks (:func:`ray_tasks`), and hands each result to
+``on_result`` in the calling process as it completes. ``shared`` (settings, a model) is sent
+once: to each pool process, or into Ray's object store (``ray.put``). A per-image problem is
+``fn``'s to catch and return (so it is reported, never retried); Ray retries a task whose
+worker died (``max_retries``), and one that still fails is reported as that item's error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from .errors import MissingDependencyError
+
+T = TypeVar("T")
+Shard = tuple[int, int]  # (k, n): this shard's index and the number of shards, 0 <= k < n
+
+RAY_INSTALL = "--ray needs Ray, which is not installed: pip install 'rcnn[ray]'"
+LOCAL = "local"  # --ray with no address: start a local Ray cluster
+MAX_RETRIES = 3  # Ray re-runs a task whose worker process or node died this many times
+IN_FLIGHT_PER_CPU = 4  # Ray tasks submitted ahead per cluster CPU (bounds the driver's memory on huge inputs)
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def parse_shard(text: str | None) -> Shard | None:
+    """``"K/N"`` -> ``(K, N)``; None -> None.
+
+    Raises:
+        ValueError: not two integers with 0 <= K < N.
+    """
+    if text is None:
+        return None
+    k, sep, n = str(text).strip().partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"'--shard {text}' is invalid; give K/N with integers 0 <= K < N (e.g. 0/4 ... 3/4)")
+    return shard
+
+
+def shard_of(items: Sequence[T], shard: Shard | None, key: Callable[[T], Any] = str) -> list[T]:
+    """The items of shard ``(k, n)``: those whose index in ``sorted(items, key=key)`` is ``k`` mod ``n``.
+
+    The order of ``items`` is kept; ``shard=None`` keeps every item. The index is stable: it depends on
+    the set of items and their keys, not on the order they are listed in.
+    """
+    if shard is None:
+        return list(items)
+    k, n = shard
+    order = sorted(range(len(items)), key=lambda i: (key(items[i]), i))
+    mine = {i for rank, i in enumerate(order) if rank % n == k}
+    return [x for i, x in enumerate(items) if i in mine]
+
+
+def shard_name(shard: Shard) -> str:
+    """``(0, 4)`` -> ``"shard-0-of-4"``: how a shard's own files are named."""
+    return f"shard-{shard[0]}-of-{shard[1]}"
+
+
+# --------------------------------------------------------------------------- running tasks
+
+
+def init_worker() -> None:
+    """Pool processes die with their parent, even when it is killed (SIGKILL, a scheduler's timeout)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _one_thread()
+
+
+def _one_thread() -> None:
+    """One core per image: parallelism comes from processing images in parallel."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def run_tasks(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[T], on_result: Callable[[T, Any], Any],
+              workers: int = 1, ray: str | None = None, on_error: Callable[[T, str], Any] | None = None,
+              bar: Any = None) -> None:
+    """Call ``fn(shared, item)`` for each item and ``on_result(item, result)`` here, in completion order.
+
+    Args:
+        fn: a module-level function (it is pickled by name); it returns per-item problems rather than raising them.
+        shared: the same for every call (settings, a model): sent once per process, or put in Ray's object store once.
+        workers: processes when ``ray`` is None (1: in this process; spawned otherwise: a forked child
+            inherits OpenCV's thread pool mid-state and can deadlock).
+        ray: a Ray address (``auto``, ``ray://host:10001``, ``host:6379``) or ``local``; None: no Ray.
+        on_error: Ray only: called with an item and a message when its task failed for good (its worker
+            died more than :data:`MAX_RETRIES` times); without it, that error is raised.
+        bar: a tqdm bar to advance by one per completed item.
+    """
+    if ray is not None:
+        ray_tasks(fn, shared, items, on_result, ray, on_error, bar)
+        return
+
+    def done(item: T, result: Any) -> None:
+        on_result(item, result)
+        if bar is not None:
+            bar.update()
+
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            done(item, fn(shared, item))
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=init_worker) as pool:
+        futures = {pool.submit(fn, shared, item): item for item in items}
+        try:
+            for fut in as_completed(futures):
+                done(futures[fut], fut.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or MissingDependencyError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependencyError(RAY_INSTALL) from None
+    return ray
+
+
+@contextmanager
+def ray_cluster(address: str) -> Iterator[Any]:
+    """Connect to the Ray cluster at ``address`` (``local``: start one here); yields the ``ray`` module.
+
+    A Ray session already open in this process (``ray.init`` by the caller) is used as it is and left
+    open; one started here is shut down on exit.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(address=None if address == LOCAL else address, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+_SHARED: dict[str, Any] = {}  # in a Ray worker: the objects of shared refs, deserialised once per process
+
+
+def _ray_call(fn: Callable[[Any, Any], Any], shared_ref: list[Any], item: Any) -> Any:
+    """What a Ray task runs: ``fn(shared, item)``, with ``shared`` fetched once per worker process.
+
+    The ref comes wrapped in a list so that Ray does not fetch (and unpickle a model) once per task.
+    """
+    import ray
+
+    key = shared_ref[0].hex()
+    if key not in _SHARED:
+        _SHARED.clear()  # one stage at a time: do not keep an earlier stage's model alive
+        _SHARED[key] = ray.get(shared_ref[0])
+        _one_thread()
+    return fn(_SHARED[key], item)
+
+
+def ray_tasks(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[T], on_result: Callable[[T, Any], Any],
+              address: str = LOCAL, on_error: Callable[[T, str], Any] | None = None, bar: Any = None) -> None:
+    """:func:`run_tasks` on a Ray cluster: one task per item (1 CPU each), results in completion order (``ray.wait``)."""
+    if not items:
+        return
+    with ray_cluster(address) as ray:
+        from ray.exceptions import RayTaskError
+
+        task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_ray_call)
+        shared_ref = ray.put(shared)  # once: every task gets the reference, not a copy
+        limit = max(1, IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+        pending: dict[Any, T] = {}
+        queue = iter(items)
+        try:
+            while True:
+                for item in queue:
+                    pending[task.remote(fn, [shared_ref], item)] = item
+                    if len(pending) >= limit:
+                        break
+                if not pending:
+                    break
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    item = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except RayTaskError as e:  # fn raised: a bug, not a bad image; raise it as it is
+                        raise e.as_instanceof_cause() from None
+                    except ray.exceptions.RayError as e:  # the worker died, again and again
+                        if on_error is None:
+                            raise
+                        on_error(item, f"its Ray task failed {MAX_RETRIES + 1} times ({type(e).__name__}: "
+                                       f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})")
+                    else:
+                        on_result(item, result)
+                    if bar is not None:
+                        bar.update()
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
