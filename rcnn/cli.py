@@ -495,7 +495,7 @@ detect_outputs = apply(
 
 
 @main.command("detect")
-@click.argument("model_dir", type=EXISTING_DIR)
+@click.argument("model_dir", type=EXISTING_DIR, required=False)
 @click.argument("inputs", nargs=-1)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/detect/predict, auto-numbered].")
 @click.option("--name", default="predict", help="Run name under runs/detect when --out is not given.")
@@ -504,21 +504,35 @@ detect_outputs = apply(
 @click.option("--proposals", type=EXISTING_DIR, help="Reuse this folder of `rcnn propose` instead of running selective search.")
 @option_for(DETECT, "draw_threshold", "--draw-threshold", type=click.FloatRange(0, 1), help="Annotated images show only detections scoring at least this; the JSON/CSV keep all.")
 @detect_outputs
+@scale_options()
+@click.option("--merge", "merge", type=EXISTING_DIR, metavar="RUN",
+              help="Write detections.json, .csv and summary.json of the --shard runs into RUN, detecting first the images "
+                   "no shard finished (with the model and settings the shards recorded); takes no MODEL_DIR or INPUTS.")
 @handle_errors
-def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name: str, proposals: Path | None,
-               save_xml: bool, no_images: bool, source: str | None, **options: Any) -> None:
+def detect_cmd(model_dir: Path | None, inputs: tuple[str, ...], out: Path | None, name: str, proposals: Path | None,
+               save_xml: bool, no_images: bool, source: str | None, shard: tuple[int, int] | None, ray: str | None,
+               merge: Path | None, **options: Any) -> None:
     """Detect objects in INPUTS (images, videos, folders or globs) with the model in MODEL_DIR."""
-    from .detect import DetectConfig, detect, model_propose_config, next_run_dir
+    from .detect import DetectConfig, detect, merge_detections, model_propose_config, next_run_dir
     from .model import load_model
 
+    if merge is not None:
+        if model_dir is not None or inputs or shard is not None or source is not None:
+            raise click.UsageError("--merge RUN takes no MODEL_DIR, INPUTS, --shard or --source: the run folder records them")
+        merge_detections(merge, echo=click.echo, warn=warn, ray=ray)
+        return
+    if model_dir is None:
+        raise click.UsageError("give MODEL_DIR (a folder of `rcnn train`), or --merge RUN")
     if not inputs and source is None:
         raise click.UsageError("give INPUTS (images, videos, folders or globs) or --source")
+    if shard is not None and out is None:
+        raise click.UsageError("--shard needs --out: every shard writes into the same run folder")
     config = configured(DetectConfig(), detect_settings(options))
     model = load_model(model_dir, config.device)
     # selective search as the model was trained, with the options given on top
     config = dataclasses.replace(config, propose=configured(model_propose_config(model), options))
     detect(model, list(inputs), out or next_run_dir("runs/detect", name), config, save_images=not no_images,
-           save_xml=save_xml, proposals=proposals, echo=click.echo, warn=warn, source=source,
+           save_xml=save_xml, proposals=proposals, echo=click.echo, warn=warn, source=source, shard=shard, ray=ray,
            **given(options, "save_txt", "save_conf", "save_crop"))
 
 
@@ -610,6 +624,7 @@ def echo_result(report: Any, out: Path) -> None:
 @option_for(CROP, "mine_pool", "--mine-pool", type=click.IntRange(0), help="--arch rcnn: backgrounds per training image kept aside for hard-negative mining.")
 @option_for(TRAIN, "mining_rounds", "--mining-rounds", type=click.IntRange(0), help="--arch rcnn: rounds of hard-negative mining over that pool; 0 = off.")
 @option_for(PIPELINE, "workers", "--workers", type=click.IntRange(0), help="Selective-search processes; 0 = one per core.")
+@scale_options(shard=False)
 @propose_options()
 @detect_options
 @handle_errors

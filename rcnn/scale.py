@@ -149,19 +149,23 @@ def import_ray() -> Any:
 
 
 @contextmanager
-def ray_cluster(address: str) -> Iterator[Any]:
+def ray_cluster(address: str = LOCAL, num_cpus: int | None = None) -> Iterator[Any]:
     """Connect to the Ray cluster at ``address`` (``local``: start one here); yields the ``ray`` module.
 
-    A Ray session already open in this process (``ray.init`` by the caller) is used as it is and left
-    open; one started here is shut down on exit.
+    A Ray session already open in this process (``ray.init`` by the caller, or an enclosing
+    ``ray_cluster``) is used as it is and left open; one started here is shut down on exit.
+
+    Args:
+        num_cpus: ``local`` only: the CPUs (so, parallel tasks) of the cluster started here; None: every core.
     """
     ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(address=None if address == LOCAL else address, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    local = address == LOCAL
+    ray.init(address=None if local else address, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, **({"num_cpus": num_cpus} if local and num_cpus else {}))
     try:
         yield ray
     finally:
