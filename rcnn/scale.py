@@ -172,22 +172,41 @@ def ray_cluster(address: str = LOCAL, num_cpus: int | None = None) -> Iterator[A
         ray.shutdown()
 
 
-_SHARED: dict[str, Any] = {}  # in a Ray worker: the objects of shared refs, deserialised once per process
+_SHARED: dict[str, Any] = {}  # in a task's child process: the stage's shared object, by its ref
+_CHILD: dict[str, ProcessPoolExecutor] = {}  # in a Ray worker: the child process that runs the tasks of one ref
+
+
+def _child_init(key: str, shared: Any) -> None:
+    init_worker()
+    _SHARED[key] = shared
+
+
+def _child_call(fn: Callable[[Any, Any], Any], key: str, item: Any) -> Any:
+    return fn(_SHARED[key], item)
 
 
 def _ray_call(fn: Callable[[Any, Any], Any], shared_ref: list[Any], item: Any) -> Any:
-    """What a Ray task runs: ``fn(shared, item)``, with ``shared`` fetched once per worker process.
+    """What a Ray task runs: ``fn(shared, item)`` in a child process of the Ray worker, one per worker and stage.
 
-    The ref comes wrapped in a list so that Ray does not fetch (and unpickle a model) once per task.
+    Not in the worker itself: Ray's own threads call libc ``rand()``, which OpenCV's selective search ranks
+    regions with, so the same image would give boxes in another order than anywhere else. The child gets
+    ``shared`` once (the ref comes wrapped in a list so that Ray does not fetch a model once per task).
+    A child that dies (a crash in native code) takes the worker with it, so that Ray retries the task.
     """
     import ray
+    from concurrent.futures.process import BrokenProcessPool
 
     key = shared_ref[0].hex()
-    if key not in _SHARED:
-        _SHARED.clear()  # one stage at a time: do not keep an earlier stage's model alive
-        _SHARED[key] = ray.get(shared_ref[0])
-        _one_thread()
-    return fn(_SHARED[key], item)
+    if key not in _CHILD:
+        for old in _CHILD.values():  # one stage at a time: do not keep an earlier stage's model alive
+            old.shutdown(cancel_futures=True)
+        _CHILD.clear()
+        _CHILD[key] = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_init,
+                                          initargs=(key, ray.get(shared_ref[0])))
+    try:
+        return _CHILD[key].submit(_child_call, fn, key, item).result()
+    except BrokenProcessPool:
+        os._exit(1)  # a system failure: Ray sees the worker die and retries the task (max_retries)
 
 
 def ray_tasks(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[T], on_result: Callable[[T, Any], Any],
@@ -217,7 +236,8 @@ def ray_tasks(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[T], on
                     try:
                         result = ray.get(ref)
                     except RayTaskError as e:  # fn raised: a bug, not a bad image; raise it as it is
-                        raise e.as_instanceof_cause() from None
+                        cause = getattr(e, "cause", None)
+                        raise (cause if isinstance(cause, BaseException) else e) from None
                     except ray.exceptions.RayError as e:  # the worker died, again and again
                         if on_error is None:
                             raise

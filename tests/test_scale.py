@@ -262,7 +262,14 @@ def ray_local():
     """One local Ray cluster of 2 CPUs for this module's Ray tests (rcnn uses a session already open)."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):  # Ray gives its processes 30 s to start: a busy machine can miss that once
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield ray
     ray.shutdown()
 
@@ -320,3 +327,32 @@ def test_ray_option_takes_an_optional_address(monkeypatch, small, tmp_path):
         res = CliRunner().invoke(main, ["propose", str(small), "--out", str(tmp_path / "p"), *args])
         assert res.exit_code == 0, res.output
         assert seen == [want]
+
+
+def _square_or_fail(shared: int, item: int) -> int:
+    """A task for the Ray tests: item 2's worker process dies, item 3 raises (a bug), others are squared plus shared."""
+    if item == 2:
+        os._exit(1)
+    if item == 3:
+        raise ArithmeticError("a bug in the task")
+    return item * item + shared
+
+
+@pytest.mark.slow
+def test_ray_retries_a_dead_worker_then_reports_that_item_and_raises_a_task_bug(ray_local):
+    from rcnn.scale import MAX_RETRIES, ray_tasks
+
+    results: dict[int, int] = {}
+    errors: dict[int, str] = {}
+    ray_tasks(_square_or_fail, 10, [1, 2, 4], results.__setitem__, on_error=errors.__setitem__)
+    assert results == {1: 11, 4: 26}
+    assert list(errors) == [2] and f"failed {MAX_RETRIES + 1} times" in errors[2]
+    with pytest.raises(ArithmeticError, match="a bug in the task"):  # the task's own exception, not retried
+        ray_tasks(_square_or_fail, 0, [3], results.__setitem__, on_error=errors.__setitem__)
+
+
+def test_pipeline_takes_a_ray_address():
+    from rcnn.pipeline import PipelineConfig
+
+    assert PipelineConfig().ray is None and PipelineConfig().with_settings(ray="auto").ray == "auto"
+    assert "--ray [ADDRESS]" in CliRunner().invoke(main, ["pipeline", "--help"]).output
