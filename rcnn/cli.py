@@ -293,10 +293,11 @@ def ray_option(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return value
 
 
-def scale_options(shard: bool = True) -> Callable[[Any], Any]:
-    """``--shard K/N`` (unless ``shard`` is False) and ``--ray [ADDRESS]`` of the per-image stages."""
-    ray = click.option(
-        "--ray", "ray", is_flag=False, flag_value="local", default=None, callback=ray_option, metavar="[ADDRESS]",
+def scale_options(source: str, shard: bool = True) -> Callable[[Any], Any]:
+    """``--shard K/N`` (unless ``shard`` is False) and ``--ray [ADDRESS]`` (the ``ray`` setting of ``source``)."""
+    ray = option_for(
+        source, "ray", "--ray", is_flag=False, flag_value="local", callback=ray_option, metavar="[ADDRESS]",
+        default_text="no Ray",
         help="Run the per-image work as Ray tasks (pip install 'rcnn[ray]'): on the cluster at ADDRESS (auto, "
              "HOST:PORT, ray://HOST:10001), or on a local one started here (--ray alone, or --ray local).")
     if not shard:
@@ -331,7 +332,7 @@ def propose_options(default_text: str | None = None) -> Callable[[Any], Any]:
 @propose_options()
 @option_for(PROPOSE, "seed", "--seed", type=int, help="Seed of the proposal order (libc rand, used by OpenCV).")
 @option_for("propose:propose_dataset", "workers", "--workers", type=click.IntRange(0), help="Processes; 0 = one per CPU core.")
-@scale_options()
+@scale_options("propose:propose_dataset")
 @handle_errors
 def propose(parsed: Path, out: Path, split: str, **options: Any) -> None:
     """Selective-search region proposals for the images of PARSED (from `rcnn parse`)."""
@@ -363,7 +364,7 @@ def propose(parsed: Path, out: Path, split: str, **options: Any) -> None:
 @option_for(CROP, "mine_iou", "--mine-iou", type=click.FloatRange(0, 1), help="The mining pool's backgrounds overlap every object below this IoU (R-CNN: 0.3).")
 @option_for(CROP, "include_gt", "--no-gt", is_flag=True, flag_value=False, help="Do not add the ground-truth boxes themselves as positives.")
 @option_for(CROP, "seed", "--seed", type=int, help="Background sampling seed.")
-@scale_options()
+@scale_options("crop:crop_dataset")
 @handle_errors
 def crop(parsed: Path, proposals: Path, out: Path, split: str, fmt: str, **options: Any) -> None:
     """Label the proposals of PARSED by IoU and store the region training set."""
@@ -504,7 +505,7 @@ detect_outputs = apply(
 @click.option("--proposals", type=EXISTING_DIR, help="Reuse this folder of `rcnn propose` instead of running selective search.")
 @option_for(DETECT, "draw_threshold", "--draw-threshold", type=click.FloatRange(0, 1), help="Annotated images show only detections scoring at least this; the JSON/CSV keep all.")
 @detect_outputs
-@scale_options()
+@scale_options(DETECT_FN)
 @click.option("--merge", "merge", type=EXISTING_DIR, metavar="RUN",
               help="Write detections.json, .csv and summary.json of the --shard runs into RUN, detecting first the images "
                    "no shard finished (with the model and settings the shards recorded); takes no MODEL_DIR or INPUTS.")
@@ -624,7 +625,7 @@ def echo_result(report: Any, out: Path) -> None:
 @option_for(CROP, "mine_pool", "--mine-pool", type=click.IntRange(0), help="--arch rcnn: backgrounds per training image kept aside for hard-negative mining.")
 @option_for(TRAIN, "mining_rounds", "--mining-rounds", type=click.IntRange(0), help="--arch rcnn: rounds of hard-negative mining over that pool; 0 = off.")
 @option_for(PIPELINE, "workers", "--workers", type=click.IntRange(0), help="Selective-search processes; 0 = one per core.")
-@scale_options(shard=False)
+@scale_options(PIPELINE, shard=False)
 @propose_options()
 @detect_options
 @handle_errors

@@ -306,7 +306,11 @@ def test_ray_gives_the_local_proposals_crops_and_detections_and_reports_a_corrup
         warned[how].clear()
         detect(model, images, tmp_path / f"d_{how}", config, echo=lambda _: None, warn=warned[how].append, ray=ray)
     local, remote = (json.loads((tmp_path / f"d_{h}" / "detections.json").read_text()) for h in ("local", "ray"))
-    assert remote == local and len(local) > 0
+    assert len(remote) == len(local) > 0
+    # the same detections; a Ray task's network runs on 1 thread, which can change a score's last rounded digit
+    assert [(d["image_id"], d["file_name"], d["category"]) for d in remote] == [(d["image_id"], d["file_name"], d["category"]) for d in local]
+    np.testing.assert_allclose([d["bbox"] for d in remote], [d["bbox"] for d in local], atol=0.02)
+    np.testing.assert_allclose([d["score"] for d in remote], [d["score"] for d in local], atol=2e-5)
     assert warned["ray"] == warned["local"] and len(warned["ray"]) == 1 and bad in warned["ray"][0]
     summary = json.loads((tmp_path / "d_ray" / "summary.json").read_text())
     assert summary["images"] == 5 and len(summary["failed"]) == 1
