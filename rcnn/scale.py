@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from .errors import MissingDependencyError
+from .errors import MissingDependencyError, RcnnError
 
 T = TypeVar("T")
 Shard = tuple[int, int]  # (k, n): this shard's index and the number of shards, 0 <= k < n
@@ -34,6 +34,7 @@ Shard = tuple[int, int]  # (k, n): this shard's index and the number of shards, 
 RAY_INSTALL = "--ray needs Ray, which is not installed: pip install 'rcnn[ray]'"
 LOCAL = "local"  # --ray with no address: start a local Ray cluster
 MAX_RETRIES = 3  # Ray re-runs a task whose worker process or node died this many times
+START_ATTEMPTS = 3  # tries to start a local Ray cluster
 IN_FLIGHT_PER_CPU = 4  # Ray tasks submitted ahead per cluster CPU (bounds the driver's memory on huge inputs)
 
 
@@ -164,8 +165,16 @@ def ray_cluster(address: str = LOCAL, num_cpus: int | None = None) -> Iterator[A
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     local = address == LOCAL
-    ray.init(address=None if local else address, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, **({"num_cpus": num_cpus} if local and num_cpus else {}))
+    for attempt in range(START_ATTEMPTS if local else 1):  # Ray gives its processes 30 s: a busy machine can miss it
+        try:
+            ray.init(address=None if local else address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, **({"num_cpus": num_cpus} if local and num_cpus else {}))
+            break
+        except Exception as e:  # Ray raises plain Exception, ConnectionError, ValueError, ...
+            ray.shutdown()
+            if attempt == (START_ATTEMPTS if local else 1) - 1:
+                where = "start a local Ray cluster" if local else f"connect to the Ray cluster at {address}"
+                raise RcnnError(f"cannot {where}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
     try:
         yield ray
     finally:
@@ -210,14 +219,16 @@ def _ray_call(fn: Callable[[Any, Any], Any], shared_ref: list[Any], item: Any) -
 
 
 def ray_tasks(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[T], on_result: Callable[[T, Any], Any],
-              address: str = LOCAL, on_error: Callable[[T, str], Any] | None = None, bar: Any = None) -> None:
-    """:func:`run_tasks` on a Ray cluster: one task per item (1 CPU each), results in completion order (``ray.wait``)."""
+              address: str = LOCAL, on_error: Callable[[T, str], Any] | None = None, bar: Any = None,
+              max_retries: int = MAX_RETRIES) -> None:
+    """:func:`run_tasks` on a Ray cluster: one task per item (1 CPU each), results in completion order (``ray.wait``);
+    a task whose worker died is re-run up to ``max_retries`` times."""
     if not items:
         return
     with ray_cluster(address) as ray:
         from ray.exceptions import RayTaskError
 
-        task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_ray_call)
+        task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=False)(_ray_call)
         shared_ref = ray.put(shared)  # once: every task gets the reference, not a copy
         limit = max(1, IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
         pending: dict[Any, T] = {}
@@ -241,7 +252,7 @@ def ray_tasks(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[T], on
                     except ray.exceptions.RayError as e:  # the worker died, again and again
                         if on_error is None:
                             raise
-                        on_error(item, f"its Ray task failed {MAX_RETRIES + 1} times ({type(e).__name__}: "
+                        on_error(item, f"its Ray task failed {max_retries + 1} times ({type(e).__name__}: "
                                        f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})")
                     else:
                         on_result(item, result)
