@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -272,6 +273,42 @@ def synth(out: Path, **options: Any) -> None:
     click.echo(f"{n_images} images written to {out}")
 
 
+# --------------------------------------------------------------------------- scaling out (rcnn.scale)
+
+
+def shard_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """Click callback: "1/4" -> (1, 4); a bad value is a usage error."""
+    from .scale import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def ray_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: the Ray address, after checking that Ray is installed (one line saying how otherwise)."""
+    if value is not None and importlib.util.find_spec("ray") is None:
+        raise click.ClickException("--ray needs Ray, which is not installed: pip install 'rcnn[ray]'")
+    return value
+
+
+def scale_options(source: str, shard: bool = True) -> Callable[[Any], Any]:
+    """``--shard K/N`` (unless ``shard`` is False) and ``--ray [ADDRESS]`` (the ``ray`` setting of ``source``)."""
+    ray = option_for(
+        source, "ray", "--ray", is_flag=False, flag_value="local", callback=ray_option, metavar="[ADDRESS]",
+        default_text="no Ray",
+        help="Run the per-image work as Ray tasks (pip install 'rcnn[ray]'): on the cluster at ADDRESS (auto, "
+             "HOST:PORT, ray://HOST:10001), or on a local one started here (--ray alone, or --ray local).")
+    if not shard:
+        return ray
+    return apply(click.option(
+        "--shard", "shard", callback=shard_option, metavar="K/N",
+        help="Process only shard K of N: the images whose index, sorted by path, is K modulo N. Shards may run at "
+             "once into one --out; a run without --shard then writes the report, computing only what is missing. "
+             "From a scheduler: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT."), ray)
+
+
 # --------------------------------------------------------------------------- propose
 
 def propose_options(default_text: str | None = None) -> Callable[[Any], Any]:
@@ -295,6 +332,7 @@ def propose_options(default_text: str | None = None) -> Callable[[Any], Any]:
 @propose_options()
 @option_for(PROPOSE, "seed", "--seed", type=int, help="Seed of the proposal order (libc rand, used by OpenCV).")
 @option_for("propose:propose_dataset", "workers", "--workers", type=click.IntRange(0), help="Processes; 0 = one per CPU core.")
+@scale_options("propose:propose_dataset")
 @handle_errors
 def propose(parsed: Path, out: Path, split: str, **options: Any) -> None:
     """Selective-search region proposals for the images of PARSED (from `rcnn parse`)."""
@@ -302,7 +340,7 @@ def propose(parsed: Path, out: Path, split: str, **options: Any) -> None:
     from .propose import ProposeConfig, format_report, propose_dataset
 
     report = propose_dataset(Dataset.load(parsed), out, configured(ProposeConfig(), options), split=split,
-                             echo=click.echo, warn=warn, **given(options, "workers"))
+                             echo=click.echo, warn=warn, **given(options, "workers", "shard", "ray"))
     click.echo(format_report(report))
     click.echo(f"proposals saved to {out}")
 
@@ -326,6 +364,7 @@ def propose(parsed: Path, out: Path, split: str, **options: Any) -> None:
 @option_for(CROP, "mine_iou", "--mine-iou", type=click.FloatRange(0, 1), help="The mining pool's backgrounds overlap every object below this IoU (R-CNN: 0.3).")
 @option_for(CROP, "include_gt", "--no-gt", is_flag=True, flag_value=False, help="Do not add the ground-truth boxes themselves as positives.")
 @option_for(CROP, "seed", "--seed", type=int, help="Background sampling seed.")
+@scale_options("crop:crop_dataset")
 @handle_errors
 def crop(parsed: Path, proposals: Path, out: Path, split: str, fmt: str, **options: Any) -> None:
     """Label the proposals of PARSED by IoU and store the region training set."""
@@ -333,7 +372,7 @@ def crop(parsed: Path, proposals: Path, out: Path, split: str, fmt: str, **optio
     from .parse import Dataset
 
     report = crop_dataset(Dataset.load(parsed), proposals, out, configured(CropConfig(), options), split=split,
-                          imagefolder=fmt == "imagefolder", warn=warn)
+                          imagefolder=fmt == "imagefolder", warn=warn, **given(options, "shard", "ray"))
     click.echo(format_report(report))
     click.echo(f"region set saved to {out}")
 
@@ -457,7 +496,7 @@ detect_outputs = apply(
 
 
 @main.command("detect")
-@click.argument("model_dir", type=EXISTING_DIR)
+@click.argument("model_dir", type=EXISTING_DIR, required=False)
 @click.argument("inputs", nargs=-1)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/detect/predict, auto-numbered].")
 @click.option("--name", default="predict", help="Run name under runs/detect when --out is not given.")
@@ -466,21 +505,35 @@ detect_outputs = apply(
 @click.option("--proposals", type=EXISTING_DIR, help="Reuse this folder of `rcnn propose` instead of running selective search.")
 @option_for(DETECT, "draw_threshold", "--draw-threshold", type=click.FloatRange(0, 1), help="Annotated images show only detections scoring at least this; the JSON/CSV keep all.")
 @detect_outputs
+@scale_options(DETECT_FN)
+@click.option("--merge", "merge", type=EXISTING_DIR, metavar="RUN",
+              help="Write detections.json, .csv and summary.json of the --shard runs into RUN, detecting first the images "
+                   "no shard finished (with the model and settings the shards recorded); takes no MODEL_DIR or INPUTS.")
 @handle_errors
-def detect_cmd(model_dir: Path, inputs: tuple[str, ...], out: Path | None, name: str, proposals: Path | None,
-               save_xml: bool, no_images: bool, source: str | None, **options: Any) -> None:
+def detect_cmd(model_dir: Path | None, inputs: tuple[str, ...], out: Path | None, name: str, proposals: Path | None,
+               save_xml: bool, no_images: bool, source: str | None, shard: tuple[int, int] | None, ray: str | None,
+               merge: Path | None, **options: Any) -> None:
     """Detect objects in INPUTS (images, videos, folders or globs) with the model in MODEL_DIR."""
-    from .detect import DetectConfig, detect, model_propose_config, next_run_dir
+    from .detect import DetectConfig, detect, merge_detections, model_propose_config, next_run_dir
     from .model import load_model
 
+    if merge is not None:
+        if model_dir is not None or inputs or shard is not None or source is not None:
+            raise click.UsageError("--merge RUN takes no MODEL_DIR, INPUTS, --shard or --source: the run folder records them")
+        merge_detections(merge, echo=click.echo, warn=warn, ray=ray)
+        return
+    if model_dir is None:
+        raise click.UsageError("give MODEL_DIR (a folder of `rcnn train`), or --merge RUN")
     if not inputs and source is None:
         raise click.UsageError("give INPUTS (images, videos, folders or globs) or --source")
+    if shard is not None and out is None:
+        raise click.UsageError("--shard needs --out: every shard writes into the same run folder")
     config = configured(DetectConfig(), detect_settings(options))
     model = load_model(model_dir, config.device)
     # selective search as the model was trained, with the options given on top
     config = dataclasses.replace(config, propose=configured(model_propose_config(model), options))
     detect(model, list(inputs), out or next_run_dir("runs/detect", name), config, save_images=not no_images,
-           save_xml=save_xml, proposals=proposals, echo=click.echo, warn=warn, source=source,
+           save_xml=save_xml, proposals=proposals, echo=click.echo, warn=warn, source=source, shard=shard, ray=ray,
            **given(options, "save_txt", "save_conf", "save_crop"))
 
 
@@ -573,6 +626,7 @@ def echo_result(report: Any, out: Path) -> None:
 @option_for(TRAIN, "mining_rounds", "--mining-rounds", type=click.IntRange(0), help="--arch rcnn: rounds of hard-negative mining over that pool; 0 = off.")
 @option_for(PIPELINE, "workers", "--workers", type=click.IntRange(0), help="Selective-search processes; 0 = one per core.")
 @option_for(PIPELINE, "seed", "--seed", type=int, help="Seed of every stage: the split (without split files), the proposal order, sampling and training.")
+@scale_options(PIPELINE, shard=False)
 @propose_options()
 @detect_options
 @handle_errors

@@ -28,6 +28,7 @@ from .errors import DataError
 from .io import digest, file_digest, load_rgb, output_dir, print_err, write_atomic, write_csv, write_json
 from .parse import Annotation, Dataset
 from .propose import ProposalSet, check_proposals
+from .scale import Shard, import_ray, run_tasks, shard_name, shard_of
 
 BACKGROUND = "background"
 # Regions are warped from a copy whose long side is at most this: crops are a few hundred pixels,
@@ -231,6 +232,16 @@ def crop_image(ann: Annotation, proposals: np.ndarray, classes: list[str], confi
     }
 
 
+def _crop_task(shared: tuple[list[str], CropConfig], item: tuple[Annotation, np.ndarray, str]
+               ) -> tuple[dict[str, np.ndarray] | None, str]:
+    """One image's shard arrays (:func:`crop_image`), or None and the error of an image that cannot be read."""
+    classes, config = shared
+    try:
+        return crop_image(item[0], item[1], classes, config), ""
+    except DataError as e:
+        return None, str(e)
+
+
 def _write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
     def writer(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -273,11 +284,21 @@ def crop_dataset(
     imagefolder: bool = False,
     progress: bool = True,
     warn: Callable[[str], Any] = print_err,
+    shard: Shard | None = None,
+    ray: str | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Build the region training set of ``split`` into ``out``; resumable.
 
     A shard is reused only when its key (annotation, image bytes, proposals, settings and
     class list) is unchanged; an image that cannot be read is reported through ``warn`` and left out.
+
+    Args:
+        shard: (k, n): crop only shard k of n of the images (:func:`rcnn.scale.shard_of`, by path) and write
+            ``report-shard-k-of-n.json``, not the index: shards may run at once into one ``out``. A run without
+            ``shard`` crops what no shard did and writes ``index.csv``, ``meta.json`` and ``report.json``.
+        ray: crop the images as Ray tasks on this cluster (``auto``, an address, or ``local``).
+        workers: processes without Ray (1: in this process).
 
     Returns:
         The report (also ``out/report.json``): kept regions per class, class weights, sizes, seconds.
@@ -288,10 +309,12 @@ def crop_dataset(
     from tqdm import tqdm
 
     config = config or CropConfig()
+    if ray is not None:
+        import_ray()  # fail early, with the fix, when Ray is missing
     pset = ProposalSet.load(proposals_dir)
-    images = dataset.split(split)
+    images = shard_of(dataset.split(split), shard, key=lambda a: a.path)
     if not images:
-        raise DataError(f"no images in split '{split}'")
+        raise DataError(f"no images in split '{split}'" + (f" for shard {shard[0]}/{shard[1]}" if shard else ""))
     image_sha = check_proposals(pset, images, split)
     classes = [BACKGROUND] + list(dataset.classes)
     out = output_dir(out, "crops")
@@ -299,26 +322,50 @@ def crop_dataset(
     (out / "shards").mkdir(exist_ok=True)
 
     start = time.perf_counter()
-    reused = 0
-    used: list[Annotation] = []
-    keys: list[str] = []
+    stored: dict[str, str] = {}  # image id -> the key of its shard, written or reused
     failures: list[str] = []
-    for a in tqdm(images, desc="crop", unit="img", disable=None if progress else True):
-        shard = out / "shards" / f"{a.id}.npz"
+    todo: list[tuple[Annotation, np.ndarray, str]] = []
+
+    def failed(a: Annotation, err: str) -> None:
+        failures.append(err)
+        warn(f"error: {a.id}: {err}; skipped")
+
+    for a in images:
         try:
             key = _shard_key(a, image_sha[a.id], pset, classes, config)
-            if _stored_key(shard) == key:
-                reused += 1
+            if _stored_key(out / "shards" / f"{a.id}.npz") == key:
+                stored[a.id] = key
             else:
-                _write_shard(shard, {**crop_image(a, pset.boxes(a.id), classes, config), "key": np.array(key)})
+                todo.append((a, pset.boxes(a.id), key))
         except DataError as e:
-            failures.append(str(e))
-            warn(f"error: {a.id}: {e}; skipped")
-            continue
-        used.append(a)
-        keys.append(key)
+            failed(a, str(e))
+    reused = len(stored)
+
+    def collect(item: tuple[Annotation, np.ndarray, str], result: tuple[dict[str, np.ndarray] | None, str]) -> None:
+        a, _, key = item
+        arrays, err = result
+        if arrays is None:
+            failed(a, err)
+            return
+        _write_shard(out / "shards" / f"{a.id}.npz", {**arrays, "key": np.array(key)})
+        stored[a.id] = key
+
+    bar = tqdm(total=len(images), initial=len(images) - len(todo), desc="crop", unit="img", disable=None if progress else True)
+    try:
+        run_tasks(_crop_task, (classes, config), todo, collect, workers=workers, ray=ray,
+                  on_error=lambda item, e: failed(item[0], e), bar=bar)
+    finally:
+        bar.close()
+    used = [a for a in images if a.id in stored]  # in split order, whatever order the tasks finished in
+    keys = [stored[a.id] for a in used]
     if not used:
         raise DataError(f"no region could be cropped from any of the {len(images)} {split} images (first error: {failures[0]})")
+    if shard is not None:
+        report = {"format": "rcnn-crops-shard-report-v1", "shard": list(shard), "images": len(used),
+                  "computed": len(used) - reused, "reused_images": reused, "failed": failures,
+                  "seconds": round(time.perf_counter() - start, 2), "config": asdict(config)}
+        write_json(out / f"report-{shard_name(shard)}.json", report)
+        return report
 
     # assemble the index, counts and weights from the shards
     rows = []
@@ -393,6 +440,10 @@ def _write_imagefolder(out: Path, images: list[Annotation], classes: list[str], 
 
 
 def format_report(report: dict[str, Any]) -> str:
+    if "shard" in report:
+        k, n = report["shard"]
+        return (f"shard {k}/{n}: {report['images']} images ({report['computed']} cropped, {report['reused_images']} reused, "
+                f"{len(report['failed'])} failed), {report['seconds']} s; a run without --shard writes the index")
     lines = [
         f"{report['regions']} regions from {report['images']} images ({report['ignored']} ignored between the IoU thresholds, {report['background_not_sampled']} background not sampled), "
         f"{report['bytes'] / 1e6:.1f} MB, {report['seconds']} s",

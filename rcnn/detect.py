@@ -11,6 +11,7 @@ scored as an image is, and the annotated video keeps every frame (see :func:`det
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -28,9 +29,11 @@ from lxml import etree
 
 from .boxes import batched_nms, box_iou, clip_boxes, decode, remove_small_boxes
 from .errors import DataError
-from .io import IMAGE_EXTENSIONS, find_images, load_rgb, new_output_dir, output_dir, print_err, write_atomic, write_csv, write_json, write_text
+from .io import (IMAGE_EXTENSIONS, digest, file_digest, find_images, folder_kind, load_rgb, new_output_dir, output_dir,
+                 print_err, read_json, write_atomic, write_csv, write_json, write_text)
 from .model import LoadedModel
 from .propose import ProposalSet, ProposeConfig, selective_search
+from .scale import Shard, import_ray, run_tasks, shard_of
 
 
 @dataclass
@@ -330,9 +333,10 @@ class RunFiles:
                 write_jpeg(self.run / "crops" / folder_name(d.label) / f"{result.name}_{k}.jpg", crop)
 
 
-def write_outputs(run: Path, results: list[ImageResult], model: LoadedModel, config: DetectConfig,
+def write_outputs(run: Path, results: list[ImageResult], classes: list[str], arch: str, config: DetectConfig,
                   failures: list[str], videos: list[dict[str, Any]]) -> None:
-    write_json(run / "detections.json", coco_results(results, model.classes))
+    """``detections.json``, ``detections.csv`` and ``summary.json`` of a run; ``config.propose`` is set."""
+    write_json(run / "detections.json", coco_results(results, classes))
     write_csv(run / "detections.csv", ["image", "label", "score", "x1", "y1", "x2", "y2", "frame", "time"],
               ([r.path, d.label, d.score, *d.box, "" if r.frame is None else r.frame, "" if r.time is None else r.time]
                for r in results for d in r.detections))
@@ -343,8 +347,7 @@ def write_outputs(run: Path, results: list[ImageResult], model: LoadedModel, con
         "detections": sum(len(r.detections) for r in results),
         "seconds_per_image": round(float(np.mean(times)), 3) if times else None,
         "failed": failures,
-        "config": {**asdict(replace(config.resolved(model.arch), propose=None)),
-                   "propose": asdict(config.propose or model_propose_config(model))},
+        "config": {**asdict(replace(config.resolved(arch), propose=None)), "propose": asdict(config.propose)},
         "videos": videos,
         "per_image": [{"image": r.path, "output": r.name, "detections": len(r.detections), "proposals": r.n_proposals,
                        "seconds": r.seconds, **({"frame": r.frame, "time": r.time} if r.frame is not None else {})}
@@ -551,12 +554,14 @@ def check_outputs(run: Path, paths: list[Path], names: list[str], save_images: b
 def detect(model: LoadedModel, inputs: list[str] | list[Path], run: str | Path, config: DetectConfig | None = None,
            save_images: bool = True, save_xml: bool = False, proposals: str | Path | None = None,
            echo: Callable[[str], Any] = print, warn: Callable[[str], Any] = print_err, save_txt: bool = False,
-           save_conf: bool = False, save_crop: bool = False, source: str | None = None) -> list[ImageResult]:
+           save_conf: bool = False, save_crop: bool = False, source: str | None = None,
+           shard: Shard | None = None, ray: str | None = None) -> list[ImageResult]:
     """Detect objects in every image and video of ``inputs`` (files, folders, globs) and write the run folder.
 
     Every input gets its own outputs (``<name>.jpg``, or ``<name>.mp4`` for a video; ``labels/<name>.xml``,
     named by :func:`output_names`); no output may be one of the inputs, and ``run`` must be new, empty or an
-    earlier detection run.
+    earlier detection run. Each image's result is also kept in ``parts/<name>.json``; a re-run with the same
+    model, settings and inputs reuses those of unchanged images (their files are there) and computes the rest.
 
     Args:
         save_images: annotated images and videos; save_xml: ``labels/<name>.xml`` (VOC);
@@ -567,64 +572,298 @@ def detect(model: LoadedModel, inputs: list[str] | list[Path], run: str | Path, 
             an image's proposals are found by the image's bytes, not its name (video frames run selective search).
         source: a camera index ("0") or a stream URL to read frames from, as well as ``inputs``.
         echo: called with one line per image or video and for the summary; warn: with one line per skipped input.
+        shard: (k, n): only the images of shard k of n (:func:`rcnn.scale.shard_of`, by path), their files and
+            parts, not ``detections.json``: shards may run at once into one ``run``; :func:`merge_detections`
+            (``rcnn detect --merge RUN``) then writes the merged outputs. Images only.
+        ray: run the images as Ray tasks on this cluster (``auto``, an address, or ``local``), on CPUs. Images only.
+
+    Returns:
+        The results of the images (and scored video frames) in input order; with ``shard``, of the shard's images.
 
     Raises:
         DataError: no input, an output would replace an input, ``run`` is not ours, or no input could be read.
-        ValueError: ``config.keep_classes`` names a class the model does not have.
+        ValueError: ``config.keep_classes`` names a class the model does not have, or ``shard`` / ``ray`` with a video.
     """
     config = config or DetectConfig()
     config = replace(config, keep_classes=check_classes(config.keep_classes, model.classes))
+    if ray is not None:
+        import_ray()  # fail early, with the fix, when Ray is missing
     paths = find_inputs([str(p) for p in inputs]) if inputs else []
     if not paths and source is None:
         raise DataError(f"no images or videos found in {', '.join(map(str, inputs))}" if inputs else "no input given")
-    pset = ProposalSet.load(proposals) if proposals else None
+    if (shard is not None or ray is not None) and (source is not None or any(map(is_video, paths))):
+        raise ValueError("--shard and --ray take images; detect videos and cameras without them")
+    if proposals:
+        ProposalSet.load(proposals)  # fail early on a folder that is not one
+    # selective search as the model was trained unless set: written down, so that shards and --merge agree
+    config = replace(config, propose=config.propose or model_propose_config(model))
     run = output_dir(run, "detect")
     stream = camera_source(source) if source is not None else None
     names = output_names([*paths, *([Path(f"camera{stream}" if isinstance(stream, int) else "stream")] if source is not None else [])])
     files = RunFiles(run, model.classes, save_xml, save_txt, save_conf, save_crop)
     check_outputs(run, paths, names, save_images, files)
-    if config.runtime != "torch":
+    plan = RunPlan(model_key(model), str(model.folder.resolve()) if model.folder else None,
+                   [str(p.resolve()) for p in paths], names, asdict(config), save_images, save_xml, save_txt, save_conf,
+                   save_crop, str(Path(proposals).resolve()) if proposals else None, model.classes, model.arch)
+    if source is None and not any(map(is_video, paths)):
+        plan.save(run, replace_other=shard is None)
+    return _run_plan(plan, run, lambda: model, echo, warn, shard, ray, stream)
+
+
+def merge_detections(run: str | Path, echo: Callable[[str], Any] = print, warn: Callable[[str], Any] = print_err,
+                     ray: str | None = None) -> list[ImageResult]:
+    """Write the merged outputs (``detections.json``, ``.csv``, ``summary.json``) of the shards run into ``run``.
+
+    The images no shard finished are detected first, with the model, settings and inputs the shards
+    recorded in ``run/parts/plan.json`` (the model is loaded only then).
+
+    Raises:
+        DataError: ``run`` holds no shard plan, or its model cannot be loaded when images are missing.
+    """
+    run = Path(run)
+    if folder_kind(run) != "detect":
+        raise DataError(f"--merge {run} is not a detection run folder")
+    plan = RunPlan.load(run)
+
+    def load() -> LoadedModel:
+        from .model import load_model
+
+        if plan.model is None:
+            raise DataError(f"images of {run} are missing and its model was built in memory; run `rcnn detect` again")
+        model = load_model(plan.model, plan.config["device"])
+        if model_key(model) != plan.model_key:
+            raise DataError(f"the model in {plan.model} changed since the shards of {run} ran; run them again")
+        return model
+
+    return _run_plan(plan, run, load, echo, warn, None, ray, None)
+
+
+def _run_plan(plan: RunPlan, run: Path, get_model: Callable[[], LoadedModel], echo: Callable[[str], Any],
+              warn: Callable[[str], Any], shard: Shard | None, ray: str | None, stream: int | str | None) -> list[ImageResult]:
+    """Detect what ``run`` lacks of ``plan`` (shard ``shard`` of its images, or all) and, without a shard, write the outputs."""
+    from tqdm import tqdm
+
+    config = plan.detect_config()
+    paths = [Path(p) for p in plan.inputs]
+    images = [(i, p, n) for i, (p, n) in enumerate(zip(paths, plan.names)) if not is_video(p)]
+    parts: dict[int, dict[str, Any]] = {}
+    todo: list[tuple[int, Path, str]] = []
+    for i, p, name in shard_of(images, shard, key=lambda x: str(x[1])):
+        part = read_part(run, name)
+        if part is not None and part.get("key") == plan.key(i, name, _image_sha(p)) and _part_files_exist(run, plan, part):
+            parts[i] = part
+        else:
+            todo.append((i, p, name))
+    if todo:
+        echo(f"{len(todo)} images to detect" + (f" ({len(parts)} done earlier)" if parts else ""))
+    model = get_model() if todo or len(images) < len(paths) or stream is not None else None
+    if model is not None and config.runtime != "torch":
         from .export import with_runtime
 
         model, runtime = with_runtime(model, config.runtime)
         config = replace(config, runtime=runtime)  # the summary records the one that ran
+    t_start = time.perf_counter()
+    if todo:
+        assert model is not None
+        pset = ProposalSet.load(plan.proposals) if plan.proposals else None
+        files = plan.files(run)
+        if ray is not None and model.device.type != "cpu":
+            model = replace(model, net=model.net.cpu(), device=torch.device("cpu"))  # Ray tasks ask for CPUs
+
+        def collect(item: tuple[int, Path, str], part: dict[str, Any]) -> None:
+            i, p, name = item
+            part = {**part, "key": plan.key(i, name, part.pop("image_sha1"))}
+            write_json(run / "parts" / f"{name}.json", part)  # last: a part means the image's files are written
+            parts[i] = part
+            if part["error"]:
+                warn(f"error: {part['error']}; skipped")
+            else:
+                r = result_of(part)
+                echo(f"{p.name}: {describe(r.detections)} ({r.n_proposals} proposals, {r.seconds['total']:.2f} s)")
+
+        def lost(item: tuple[int, Path, str], err: str) -> None:  # a Ray task that kept failing
+            collect(item, {"format": PART_FORMAT, "index": item[0], "image_sha1": "", "result": None,
+                           "error": f"{item[1]}: {err}"})
+
+        bar = tqdm(total=len(todo), desc="detect", unit="img", disable=None) if ray is not None else None
+        try:
+            run_tasks(_detect_task, (model, config, pset, files, plan.save_images), todo, collect, ray=ray,
+                      on_error=lost, bar=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+    if shard is not None:
+        mine = [parts[i] for i in sorted(parts)]
+        ok = [result_of(p) for p in mine if not p["error"]]
+        echo(f"shard {shard[0]}/{shard[1]}: {len(mine)} images, {sum(len(r.detections) for r in ok)} detections, "
+             f"{len(mine) - len(ok)} skipped; `rcnn detect --merge {run}` writes detections.json once every shard is done")
+        return ok
+
+    # every input in order: the parts of images, videos detected now
     results: list[ImageResult] = []
     failures: list[str] = []
     videos: list[dict[str, Any]] = []
-    t_start = time.perf_counter()
+    files = plan.files(run)
     sources: list[Path | int | str] = [*paths, *([stream] if stream is not None else [])]
-    for src, name in zip(sources, names):
+    for i, (src, name) in enumerate(zip(sources, plan.names)):
+        if isinstance(src, Path) and not is_video(src):
+            part = parts[i]
+            if part["error"]:
+                failures.append(part["error"])
+            else:
+                results.append(result_of(part))
+            continue
+        assert model is not None
         try:
-            if not isinstance(src, Path) or is_video(src):
-                frames, info = detect_video(model, src, name, run, config, files, save_images)
-                results += frames
-                videos.append(info)
-                echo(f"{Path(str(src)).name}: {info['frames']} frames, {info['scored']} scored, "
-                     f"{describe(d for r in frames for d in r.detections)} ({info['seconds']:.1f} s)")
-                continue
-            image = load_rgb(src)
-            boxes = pset.find(src) if pset is not None else None
+            frames, info = detect_video(model, src, name, run, config, files, plan.save_images)
         except DataError as e:
             failures.append(str(e))
             warn(f"error: {e}; skipped")
             continue
-        dets, secs, n = detect_image(model, image, config, boxes)
-        r = ImageResult(str(src.resolve()), image.shape[1], image.shape[0], dets, secs, n, name)
-        results.append(r)
-        if save_images:
-            write_jpeg(run / f"{name}.jpg", draw_detections(image, [d for d in dets if d.score >= config.draw_threshold], model.classes))
-        files.write(r, image)
-        del image
-        echo(f"{src.name}: {describe(dets)} ({n} proposals, {secs['total']:.2f} s)")
+        results += frames
+        videos.append(info)
+        echo(f"{Path(str(src)).name}: {info['frames']} frames, {info['scored']} scored, "
+             f"{describe(d for r in frames for d in r.detections)} ({info['seconds']:.1f} s)")
     if not results and not videos:
         raise DataError(f"none of the {len(sources)} inputs could be read (first error: {failures[0]})")
-    write_outputs(run, results, model, config, failures, videos)
+    write_outputs(run, results, plan.model_classes, plan.arch, config, failures, videos)
     total = time.perf_counter() - t_start
     n_det = sum(len(r.detections) for r in results)
     echo(f"{len(results)} images{' and video frames' if videos else ''}, {n_det} detections, "
          f"{total / max(len(results), 1):.2f} s per image" + (f", {len(failures)} inputs skipped" if failures else ""))
     echo(f"results saved to {run}")
     return results
+
+
+# --------------------------------------------------------------------------- per-image parts of a run
+
+PLAN_FORMAT = "rcnn-detect-plan-v1"
+PART_FORMAT = "rcnn-detect-part-v1"
+
+
+@dataclass
+class RunPlan:
+    """What a detection run is: its model, settings and inputs (``parts/plan.json``), so that shards can
+    check they run the same thing and ``--merge`` can finish it. ``config`` is ``asdict(DetectConfig)``."""
+
+    model_key: str
+    model: str | None  # the model folder, resolved (None: built in memory)
+    inputs: list[str]  # resolved paths, in input order
+    names: list[str]  # output names, one per input
+    config: dict[str, Any]
+    save_images: bool
+    save_xml: bool
+    save_txt: bool
+    save_conf: bool
+    save_crop: bool
+    proposals: str | None
+    model_classes: list[str]
+    arch: str
+
+    def digest(self) -> str:
+        """Everything an image's outputs depend on, but the image: a part is reused only under this key."""
+        return digest(PLAN_FORMAT, {k: v for k, v in asdict(self).items() if k not in ("inputs", "names")})
+
+    def key(self, index: int, name: str, image_sha1: str) -> str:
+        return digest(self.digest(), self.inputs[index], index, name, image_sha1)
+
+    def detect_config(self) -> DetectConfig:
+        c = dict(self.config)
+        return DetectConfig(**{**c, "propose": ProposeConfig(**c["propose"]) if c.get("propose") else None})
+
+    def files(self, run: Path) -> RunFiles:
+        return RunFiles(run, self.model_classes, self.save_xml, self.save_txt, self.save_conf, self.save_crop)
+
+    def save(self, run: Path, replace_other: bool) -> None:
+        """Write ``run/parts/plan.json``; unless ``replace_other``, refuse a run folder that holds another plan.
+
+        Raises:
+            DataError: ``run`` holds shards of another model, settings or inputs.
+        """
+        path = run / "parts" / "plan.json"
+        if not replace_other and path.exists():
+            try:
+                old = RunPlan.load(run)
+            except DataError:
+                old = None
+            if old is not None and (old.digest(), old.inputs, old.names) != (self.digest(), self.inputs, self.names):
+                raise DataError(f"{run} holds detection shards of another model, settings or inputs; "
+                                "choose another --out (or run without --shard to replace them)")
+        write_json(path, {"format": PLAN_FORMAT, **asdict(self)})
+
+    @classmethod
+    def load(cls, run: Path) -> RunPlan:
+        path = run / "parts" / "plan.json"
+        if not path.is_file():
+            raise DataError(f"{run} holds no detection shards (no {path}); run `rcnn detect --shard K/N --out {run}` first")
+        d = read_json(path, "detection plan")
+        try:
+            if d.pop("format") != PLAN_FORMAT:
+                raise ValueError("unknown format")
+            plan = cls(**d)
+            plan.detect_config()
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path} is not a detection plan written by this rcnn ({e})") from None
+        return plan
+
+
+def model_key(model: LoadedModel) -> str:
+    """The identity of a model: its folder's config and weights, or (built in memory) this very object."""
+    if model.folder is None:
+        return f"memory-{id(model)}-{time.time()}"
+    return digest([file_digest(f) for f in sorted(model.folder.glob("*")) if f.suffix in (".json", ".pt") and f.is_file()])
+
+
+def _image_sha(path: Path) -> str:
+    try:
+        return file_digest(path)
+    except DataError:
+        return ""  # unreadable: detected (and reported) as a failure
+
+
+def read_part(run: Path, name: str) -> dict[str, Any] | None:
+    """``run/parts/<name>.json``, or None when missing or unreadable."""
+    try:
+        d = json.loads((run / "parts" / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) and d.get("format") == PART_FORMAT else None
+
+
+def _part_files_exist(run: Path, plan: RunPlan, part: dict[str, Any]) -> bool:
+    """Whether the per-image files of a finished part are still there (a part whose files were deleted is redone)."""
+    if part.get("error"):
+        return True
+    r = result_of(part)
+    wanted = [run / f"{r.name}.jpg"] if plan.save_images else []
+    wanted += [run / "labels" / f"{r.name}.xml"] if plan.save_xml else []
+    wanted += [run / "labels" / f"{r.name}.txt"] if plan.save_txt else []
+    wanted += [run / "crops" / folder_name(d.label) / f"{r.name}_{k}.jpg" for k, d in enumerate(r.detections, 1)] if plan.save_crop else []
+    return all(w.is_file() for w in wanted)
+
+
+def result_of(part: dict[str, Any]) -> ImageResult:
+    d = dict(part["result"])
+    return ImageResult(**{**d, "detections": [Detection(**x) for x in d["detections"]]})
+
+
+def _detect_task(shared: tuple[LoadedModel, DetectConfig, ProposalSet | None, RunFiles, bool],
+                 item: tuple[int, Path, str]) -> dict[str, Any]:
+    """Detect one image and write its files (annotated image, labels, crops); returns its part (without key)."""
+    model, config, pset, files, save_images = shared
+    index, src, name = item
+    part: dict[str, Any] = {"format": PART_FORMAT, "index": index, "image_sha1": _image_sha(src), "result": None, "error": None}
+    try:
+        image = load_rgb(src)
+        boxes = pset.find(src) if pset is not None else None
+    except DataError as e:
+        return {**part, "error": str(e)}
+    dets, secs, n = detect_image(model, image, config, boxes)
+    r = ImageResult(str(src.resolve()), image.shape[1], image.shape[0], dets, secs, n, name)
+    if save_images:
+        write_jpeg(files.run / f"{name}.jpg", draw_detections(image, [d for d in dets if d.score >= config.draw_threshold], model.classes))
+    files.write(r, image)
+    return {**part, "result": asdict(r)}
 
 
 def describe(dets: Any) -> str:

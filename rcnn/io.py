@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,15 +148,20 @@ def output_dir(path: str | os.PathLike, kind: str, what: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise DataError(f"{what} {path} is a file, not a folder")
     if path.is_dir():
-        found = folder_kind(path)
-        if found == kind:
-            return path
-        if found is not None:
-            raise DataError(f"{what} {path} holds rcnn {found} output, not {kind}; choose another folder")
-        if any(path.iterdir()):
+        for _ in range(50):
+            found = folder_kind(path)
+            if found == kind:
+                return path
+            if found is not None:
+                raise DataError(f"{what} {path} holds rcnn {found} output, not {kind}; choose another folder")
+            entries = list(path.iterdir())
+            if not entries or not all(e.name.startswith(f".{MARKER}.") for e in entries):
+                break
+            time.sleep(0.1)  # only a marker being written: another process (a shard) is claiming the folder now
+        if entries:
             raise DataError(f"{what} {path} already holds files that rcnn did not write; choose a new or empty folder")
     path.mkdir(parents=True, exist_ok=True)
-    _mark(path, kind)
+    _mark(path, kind)  # shards claiming one new folder at once write the same marker, atomically
     return path
 
 

@@ -22,6 +22,7 @@ from .io import output_dir, print_err, write_json
 from .model import load_model
 from .parse import Dataset, format_summary, parse_dataset
 from .propose import ProposalSet, ProposeConfig, proposal_report, propose_dataset, recall
+from .scale import ray_cluster
 from .synth import make_dataset
 from .train import TrainConfig, format_report as format_train, train
 
@@ -37,6 +38,9 @@ class PipelineConfig:
     test_fraction: float = 0.2  # test share of the seeded split, used when the dataset has no ImageSets split files
     seed: int = 0  # seed of that split
     workers: int = 0  # selective-search processes; 0 = one per core
+    # Run propose, crop and detect as Ray tasks on this cluster ("auto", an address, or "local": one started
+    # here) instead of local processes; None: no Ray (rcnn.scale)
+    ray: str | None = None
     # "fast": Fast R-CNN (one backbone pass per image, rcnn.fast); "rcnn": the classic path (crops, a
     # region classifier). Measured on raccoon and bccd (README): fast is more accurate and faster.
     arch: str = "fast"
@@ -146,16 +150,25 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | Non
         DataError: the dataset has no usable image in one of its splits, or a stage fails on its input.
     """
     config = config or PipelineConfig()
+    if config.ray is None:
+        return _run_pipeline(data, out, config, echo, warn)
+    with ray_cluster(config.ray):  # one cluster (or connection) for every stage
+        return _run_pipeline(data, out, config, echo, warn)
+
+
+def _run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig, echo: Callable[[str], Any],
+                  warn: Callable[[str], Any]) -> PipelineReport:
     out = output_dir(out, "pipeline")
     timer = StageTimer(echo)
     with timer.stage("parse"):
         ds = parse_stage(data, out / "parsed.json", config, echo, warn)
     with timer.stage("propose"):
-        propose_dataset(ds, out / "proposals", config.propose, split="all", workers=config.workers, echo=echo, warn=warn)
+        propose_dataset(ds, out / "proposals", config.propose, split="all", workers=config.workers, echo=echo, warn=warn,
+                        ray=config.ray)
         proposals = recall_on_test_split(ds, out / "proposals", config.detect.proposals_for(config.arch), echo)
     if config.arch == "rcnn":
         with timer.stage("crop"):
-            crops = crop_dataset(ds, out / "proposals", out / "crops", config.crop, split="train", warn=warn)
+            crops = crop_dataset(ds, out / "proposals", out / "crops", config.crop, split="train", warn=warn, ray=config.ray)
             echo(f"{crops['regions']} regions: " + ", ".join(f"{c} {n}" for c, n in crops["kept"].items()))
         with timer.stage("train"):
             trained = train(out / "crops", out / "model", config.train)
@@ -166,7 +179,7 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | Non
             echo(format_train(trained))
     with timer.stage("detect"):
         results = detect(load_model(out / "model", config.detect.device), [a.path for a in ds.split("test")],
-                         out / "detect", config.detect, proposals=out / "proposals", echo=echo, warn=warn)
+                         out / "detect", config.detect, proposals=out / "proposals", echo=echo, warn=warn, ray=config.ray)
     with timer.stage("evaluate"):
         evaluation = evaluate(load_detections(out / "detect" / "detections.json"), ds, "test", plot=out / "pr_curve.png",
                               confusion_plot=out / "confusion_matrix.png")

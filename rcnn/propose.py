@@ -15,12 +15,9 @@ import ctypes
 import ctypes.util
 import hashlib
 import json
-import multiprocessing
 import os
-import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ import numpy as np
 from .errors import DataError, MissingDependencyError
 from .io import file_digest, load_rgb, output_dir, print_err, read_json, save_npy, write_json
 from .parse import Annotation, Dataset
+from .scale import Shard, import_ray, run_tasks, shard_name, shard_of
 
 MODES = ("fast", "quality")
 
@@ -212,26 +210,18 @@ def check_proposals(pset: ProposalSet, images: list[Annotation], split: str) -> 
     return image_sha
 
 
-def _init_worker() -> None:
-    """Pool workers die with their parent, even when it is killed (SIGKILL, a scheduler's timeout)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    cv2.setNumThreads(1)  # one core per image; parallelism comes from processing images in parallel
-
-
 def _propose_worker(path: str, config: ProposeConfig) -> tuple[np.ndarray | None, float, str]:
+    """Proposals of one image, seconds, and the error of an image that cannot be read ("" when none)."""
     t = time.perf_counter()
     try:
         boxes = selective_search(load_rgb(path), config)
     except DataError as e:
         return None, time.perf_counter() - t, str(e)
     return boxes, time.perf_counter() - t, ""
+
+
+def _propose_task(config: ProposeConfig, image: Annotation) -> tuple[np.ndarray | None, float, str]:
+    return _propose_worker(image.path, config)
 
 
 def recall(gt: list[np.ndarray], proposals: list[np.ndarray], threshold: float, top_k: int | None = None) -> tuple[int, int]:
@@ -295,12 +285,19 @@ def propose_dataset(
     progress: bool = True,
     echo: Callable[[str], Any] = print,
     warn: Callable[[str], Any] = print_err,
+    shard: Shard | None = None,
+    ray: str | None = None,
 ) -> dict[str, Any]:
     """Compute (or reuse) proposals for the images of ``split`` and write ``out/report.json``.
 
     Args:
         workers: processes; 0 means one per CPU core. Workers die with this process.
         echo, warn: where progress lines and per-image errors go (stdout and stderr by default).
+        shard: (k, n): only the images of shard k of n (:func:`rcnn.scale.shard_of`, by path), and only
+            ``report-shard-k-of-n.json``; shards may run at once into one ``out``. A run without ``shard``
+            computes what no shard did and writes ``report.json`` over every image.
+        ray: run the images as Ray tasks on this cluster (``auto``, an address, or ``local``) instead of
+            ``workers`` processes.
 
     Raises:
         DataError: ``out`` holds files rcnn did not write, or no image could be processed.
@@ -312,13 +309,15 @@ def propose_dataset(
 
     config = config or ProposeConfig()
     _ximgproc()  # fail early, with the fix, when the contrib build is missing
-    images = dataset.split(split)
+    if ray is not None:
+        import_ray()  # fail early, with the fix, when Ray is missing
+    images = shard_of(dataset.split(split), shard, key=lambda a: a.path)
     if not images:
-        raise DataError(f"no images in split '{split}'")
+        raise DataError(f"no images in split '{split}'" + (f" for shard {shard[0]}/{shard[1]}" if shard else ""))
     out = output_dir(out, "proposals")
     boxes_dir = out / "boxes"
     settings_path = out / "settings.json"
-    if settings_path.exists():
+    if settings_path.exists() and shard is None:  # a shard leaves other shards' files alone: stale ones are recomputed by key
         try:
             old = read_json(settings_path, "proposal settings")
         except DataError as e:
@@ -343,31 +342,23 @@ def propose_dataset(
 
     def collect(a: Annotation, result: tuple[np.ndarray | None, float, str]) -> None:
         boxes, secs, err = result
-        bar.update()
         if boxes is None:
-            failures.append(err)
-            warn(f"error: {err}; skipped")
+            failed(a, err)
             return
         (boxes_dir / f"{a.id}.json").unlink(missing_ok=True)  # no record may describe other boxes, even for a moment
         save_npy(boxes_dir / f"{a.id}.npy", boxes.astype(np.float32))
         write_json(boxes_dir / f"{a.id}.json", sources[a.id])
         compute_seconds.append(secs)
 
-    if workers == 1 or len(todo) <= 1:
-        for a in todo:
-            collect(a, _propose_worker(a.path, config))
-    else:
-        # spawn, not fork: a forked child inherits OpenCV's thread pool mid-state and can deadlock
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker) as pool:
-            futures = {pool.submit(_propose_worker, a.path, config): a for a in todo}
-            try:
-                for fut in as_completed(futures):
-                    collect(futures[fut], fut.result())
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    bar.close()
+    def failed(a: Annotation, err: str) -> None:
+        failures.append(err)
+        warn(f"error: {err}; skipped")
+
+    try:
+        run_tasks(_propose_task, config, todo, collect, workers=workers, ray=ray,
+                  on_error=lambda a, e: failed(a, f"{a.path}: {e}"), bar=bar)
+    finally:
+        bar.close()
 
     done = [a for a in images if _stored_source(boxes_dir, a.id) == sources[a.id]]
     if not done:
@@ -387,7 +378,11 @@ def propose_dataset(
             "workers": workers,
         }
     )
-    write_json(out / "report.json", report)
+    if ray is not None:
+        report["ray"] = ray
+    if shard is not None:
+        report["shard"] = list(shard)
+    write_json(out / (f"report-{shard_name(shard)}.json" if shard else "report.json"), report)
     return report
 
 
