@@ -15,6 +15,7 @@ flipped image), so an SGD step runs only the remaining stages, RoIAlign and the 
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -494,9 +495,10 @@ def train_fast(images: list[Any], classes: list[str], proposals: Any, config: Fa
         if dist.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            # every BatchNorm keeps its ImageNet statistics (FastRCNN.train): no buffers to broadcast
-            step_net = DistributedDataParallel(step_net, device_ids=[device] if device.type == "cuda" else None,
-                                               broadcast_buffers=False)
+            # every BatchNorm keeps its ImageNet statistics (FastRCNN.train): no buffers to sync at each step
+            sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                    else "broadcast_buffers")
+            step_net = DistributedDataParallel(step_net, device_ids=[device] if device.type == "cuda" else None, **{sync: False})
     net.train()
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor] | None] = (math.inf, 0, None)
