@@ -459,7 +459,9 @@ def train_fast(images: list[Any], classes: list[str], proposals: Any, config: Fa
     rng = np.random.default_rng(config.seed)
     device = dist.device
     n_classes = len(classes) + 1
-    net = build_net(config, n_classes).to(device)
+    # train(): the frozen stages (and every BatchNorm) in eval mode already while their output is cached, so the
+    # cache holds what predict() computes and the saved ImageNet statistics are not moved by the training images
+    net = build_net(config, n_classes).to(device).train()
     usable = [a for a in images if len(a.objects)]
     if len(usable) < 2:
         raise DataError(f"Fast R-CNN needs at least 2 training images with objects; got {len(usable)}")
