@@ -389,6 +389,10 @@ def train_cmd(source: Path, out: Path, arch: str | None, proposals: Path | None,
     check_train_arch(arch, source, proposals, resume, given(options))
     devices = parse_device_list(options.get("device"))
     if devices is not None:  # one process per device, under torchrun
+        per_step = options.get("images_per_step") or 1
+        if arch == "fast" and per_step % devices.nproc:
+            raise click.UsageError(f"--images-per-step {per_step} does not split over {devices.nproc} processes "
+                                   f"(each takes its share of a step's images); use a multiple of {devices.nproc}")
         status = launch(given_args(click.get_current_context()), devices)
         if status:
             warn(f"Error: torchrun exited with status {status}")

@@ -160,7 +160,7 @@ def gather_blocks(dist: Dist, rows: torch.Tensor, n: int) -> torch.Tensor | None
     import torch
     import torch.distributed as tdist
 
-    sizes = [len(dist.__class__(r, dist.world_size).block(n)) for r in range(dist.world_size)]
+    sizes = [len(Dist(r, dist.world_size).block(n)) for r in range(dist.world_size)]
     # gather needs equal shapes: pad each block to the largest
     padded = torch.zeros((max(sizes), *rows.shape[1:]), dtype=rows.dtype, device=dist.device)
     padded[: len(rows)] = rows.to(dist.device)

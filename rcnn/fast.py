@@ -11,6 +11,11 @@ of the backbone stay frozen and their output is computed once per image (and onc
 flipped image), so an SGD step runs only the remaining stages, RoIAlign and the head on
 ``rois_per_image`` regions: about a quarter with IoU >= 0.5, the rest with IoU in
 [0.1, 0.5), the hard negatives R-CNN mined with an SVM.
+
+Under torchrun (:mod:`rcnn.distributed`) each process runs the frozen stages of its block of the
+images and all of them get every image's output back (a step may draw any image); the trained part
+is wrapped in DistributedDataParallel and each step's ``images_per_step`` images are split over the
+processes, with the loss normalised over the whole step, so N processes train the weights one does.
 """
 
 from __future__ import annotations

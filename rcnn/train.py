@@ -8,6 +8,10 @@ augmentation with a frozen backbone caches the features of the flipped crops too
 Batches hold a fixed share of object regions (R-CNN: 32 of 128), the loss is
 class-weighted cross-entropy, the validation split is by image (regions of one image
 never straddle it), stratified by each image's main class, and seeded.
+
+Under torchrun (:mod:`rcnn.distributed`) the frozen backbone's feature extraction is split over
+the processes and rank 0 trains the head; a fine-tuned backbone trains on all of them, each
+taking its block of every batch (DistributedDataParallel). Rank 0 alone writes the model folder.
 """
 
 from __future__ import annotations
@@ -353,9 +357,10 @@ class CachedFeatures(FeatureSource):
         if not broadcast_object(dist, cached is None):  # rank 0 alone reads the model folder
             return cached
         idx = dist.block(n) if dist.distributed else np.arange(n)
-        feats = extract_features(self.net.backbone, self.regions, idx, self.prep,
-                                 self.config.feature_batch or auto_batch_size(self.prep.device), flip,
-                                 self.progress and dist.is_main)
+        feats = (extract_features(self.net.backbone, self.regions, idx, self.prep,
+                                  self.config.feature_batch or auto_batch_size(self.prep.device), flip,
+                                  self.progress and dist.is_main)
+                 if len(idx) else np.zeros((0, self.net.bbox.in_features), np.float32))  # more processes than regions
         if not dist.distributed:
             save_npy(path, feats)
             return torch.from_numpy(feats)

@@ -193,3 +193,68 @@ def test_images_per_step_one_keeps_the_per_image_loop(monkeypatch, synth_parsed,
     train_fast_model(synth_parsed, synth_props, tmp_path / "m", FastConfig(**{**FAST_TINY, "epochs": 1}), progress=False,
                      echo=lambda _: None)
     assert not calls
+
+
+CLASSIC = dict(backbone="efficientnet_lite0", weights="none", epochs=3, batch_size=32, optimizer="adam", lr=3e-3)
+
+
+@pytest.mark.slow
+def test_rcnn_train_device_cpu_cpu_splits_the_features_and_trains_like_one_process(synth_crops, tmp_path):
+    """``rcnn train --device cpu,cpu`` (torchrun, two gloo processes): each extracts half the features,
+    rank 0 trains the head; the features, weights and model folder are one process's."""
+    from rcnn.train import TrainConfig, train
+
+    one = tmp_path / "one"
+    train(synth_crops, one, TrainConfig(**CLASSIC), progress=False)
+    two = tmp_path / "two"
+    args = ["train", str(synth_crops), "--out", str(two), "--device", "cpu,cpu", "--backbone", "efficientnet_lite0",
+            "--weights", "none", "--epochs", "3", "--batch-size", "32", "--optimizer", "adam", "--lr", "0.003"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())  # no file of another rank
+    [f1], [f2] = sorted((one / "cache").glob("*.npy")), sorted((two / "cache").glob("*.npy"))
+    assert f1.name == f2.name
+    np.testing.assert_allclose(np.load(f2), np.load(f1), atol=1e-5, rtol=0)
+    a, b = torch.load(one / "model.pt", weights_only=True), torch.load(two / "model.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=k)
+    r1 = __import__("json").loads((one / "report.json").read_text())
+    r2 = __import__("json").loads((two / "report.json").read_text())
+    assert r2["val_loss"] == pytest.approx(r1["val_loss"], abs=1e-5) and r2["best_epoch"] == r1["best_epoch"]
+
+
+def _classic_worker(rank: int, world: int, port: int, crops: str, outs: list[str], settings: dict, resume: bool) -> None:
+    os.environ.update(TORCHELASTIC_RUN_ID="test", RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from rcnn.train import TrainConfig, train
+
+    report = train(crops, outs[rank], TrainConfig(**settings), resume=resume, progress=False)
+    assert (report is not None) == (rank == 0)
+
+
+@pytest.mark.slow
+def test_fine_tuning_under_ddp_resumes_every_rank_from_rank_0s_checkpoint(synth_crops, tmp_path):
+    """The fine-tuned path steps on both processes; on resume rank 1, whose own --out is empty, gets rank 0's checkpoint."""
+    import torch.multiprocessing as mp
+
+    settings = {**CLASSIC, "freeze_backbone": False, "epochs": 1, "batch_size": 8, "input_size": 32}
+    outs = [str(tmp_path / "rank0"), str(tmp_path / "rank1")]
+    mp.spawn(_classic_worker, args=(2, free_port(), str(synth_crops), outs, settings, False), nprocs=2)
+    first = torch.load(Path(outs[0]) / "checkpoint.pt", weights_only=False)
+    mp.spawn(_classic_worker, args=(2, free_port(), str(synth_crops), outs, {**settings, "epochs": 2}, True), nprocs=2)
+    assert not Path(outs[1]).exists()
+    history = (Path(outs[0]) / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # epoch 1, then epoch 2 after the resume
+    second = torch.load(Path(outs[0]) / "checkpoint.pt", weights_only=False)
+    assert second["epoch"] == 2 and first["epoch"] == 1
+    assert not torch.equal(first["net"]["head.1.weight"], second["net"]["head.1.weight"])
+
+
+def test_fast_device_list_needs_images_per_step_that_splits(monkeypatch, tmp_path):
+    monkeypatch.setattr(D, "launch", lambda args, devices: pytest.fail("launched"))
+    parsed = tmp_path / "parsed.json"
+    parsed.write_text("{}")
+    r = CliRunner().invoke(main, ["train", str(parsed), "--proposals", str(tmp_path), "--out", str(tmp_path / "m"),
+                                  "--device", "cpu,cpu"])
+    assert r.exit_code == 2 and "--images-per-step 1 does not split over 2 processes" in r.output
