@@ -195,7 +195,9 @@ def test_images_per_step_one_keeps_the_per_image_loop(monkeypatch, synth_parsed,
     assert not calls
 
 
-CLASSIC = dict(backbone="efficientnet_lite0", weights="none", epochs=3, batch_size=32, optimizer="adam", lr=3e-3)
+# SGD (the default): features extracted in other batches, or on other thread counts (torchrun sets OMP_NUM_THREADS=1),
+# differ in the last bits (~1e-6), and Adam's division by sqrt(v) blows such differences up in near-zero gradients
+CLASSIC = dict(backbone="efficientnet_lite0", weights="none", epochs=3, batch_size=32, optimizer="sgd", lr=1e-2)
 
 
 @pytest.mark.slow
@@ -208,7 +210,7 @@ def test_rcnn_train_device_cpu_cpu_splits_the_features_and_trains_like_one_proce
     train(synth_crops, one, TrainConfig(**CLASSIC), progress=False)
     two = tmp_path / "two"
     args = ["train", str(synth_crops), "--out", str(two), "--device", "cpu,cpu", "--backbone", "efficientnet_lite0",
-            "--weights", "none", "--epochs", "3", "--batch-size", "32", "--optimizer", "adam", "--lr", "0.003"]
+            "--weights", "none", "--epochs", "3", "--batch-size", "32", "--optimizer", "sgd", "--lr", "0.01"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())  # no file of another rank
