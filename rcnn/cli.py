@@ -399,6 +399,7 @@ FAST_DEFAULT = ("--arch fast", FAST)  # shared training options: where Fast R-CN
 @option_for(TRAIN, "patience", "--patience", type=click.IntRange(0), help="--arch rcnn: stop once the validation loss has not improved for N epochs; 0 = run every epoch.")
 @option_for(TRAIN, "batch_size", "--batch-size", type=click.IntRange(2), help="--arch rcnn: regions per training batch.")
 @option_for(FAST, "rois_per_image", "--rois-per-image", type=click.IntRange(4), help="--arch fast: regions sampled per image and step.")
+@option_for(FAST, "images_per_step", "--images-per-step", type=click.IntRange(1), help="--arch fast: images per SGD step (under torchrun: in all, a multiple of the processes).")
 @option_for(TRAIN, "fg_fraction", "--fg-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), also=FAST_DEFAULT, help="Share of object regions in each batch (R-CNN used 32 of 128 = 0.25).")
 @option_for(TRAIN, "optimizer", "--optimizer", type=RegistryChoice("train:OPTIMIZERS"), help="--arch rcnn: SGD with momentum 0.9, or Adam (fast: SGD).")
 @option_for(TRAIN, "lr", "--lr", type=click.FloatRange(0, min_open=True), also=FAST_DEFAULT, help="Learning rate.")
@@ -412,15 +413,32 @@ FAST_DEFAULT = ("--arch fast", FAST)  # shared training options: where Fast R-CN
 @option_for(TRAIN, "mining_rounds", "--mining-rounds", type=click.IntRange(0), help="--arch rcnn: rounds of hard-negative mining over the region set's mining pool (rcnn crop --mine-pool); 0 = off.")
 @option_for(TRAIN, "mine_per_image", "--mine-per-image", type=click.IntRange(1), help="--arch rcnn: highest-scoring pool backgrounds added per image and round.")
 @option_for(TRAIN, "seed", "--seed", type=int, help="Random seed (split, batches, initialisation).")
-@option_for(TRAIN, "device", "--device", help="auto (GPU when there is one), cpu or cuda.")
+@option_for(TRAIN, "device", "--device", help="auto (GPU when there is one), cpu or cuda; a list (cuda:0,1, or cpu,cpu) "
+           "trains on one process per device under torchrun.")
 @click.option("--resume", is_flag=True, help="--arch rcnn: continue an interrupted run from OUT/checkpoint.pt.")
 @handle_errors
 def train_cmd(source: Path, out: Path, arch: str | None, proposals: Path | None, resume: bool, **options: Any) -> None:
-    """Train a detector: Fast R-CNN on PARSED + --proposals, or the R-CNN region classifier on CROPS."""
-    from .train import format_report
+    """Train a detector: Fast R-CNN on PARSED + --proposals, or the R-CNN region classifier on CROPS.
+
+    Under torchrun (``torchrun --nproc_per_node N -m rcnn.cli train ...``) it trains on N processes.
+    """
+    from .distributed import current_rank, launch, parse_device_list
 
     arch = arch or ("rcnn" if source.is_dir() else "fast")
     check_train_arch(arch, source, proposals, resume, given(options))
+    devices = parse_device_list(options.get("device"))
+    if devices is not None:  # one process per device, under torchrun
+        per_step = options.get("images_per_step") or 1
+        if arch == "fast" and per_step % devices.nproc:
+            raise click.UsageError(f"--images-per-step {per_step} does not split over {devices.nproc} processes "
+                                   f"(each takes its share of a step's images); use a multiple of {devices.nproc}")
+        status = launch(given_args(click.get_current_context()), devices)
+        if status:
+            warn(f"Error: torchrun exited with status {status}")
+            raise click.exceptions.Exit(status)
+        return
+    from .train import format_report
+
     if arch == "fast":
         from .fast import FastConfig, train_fast_model
 
@@ -429,8 +447,33 @@ def train_cmd(source: Path, out: Path, arch: str | None, proposals: Path | None,
         from .train import TrainConfig, train
 
         report = train(source, out, configured(TrainConfig(), options), resume=resume)
+    if report is None or current_rank() != 0:
+        return  # under torchrun rank 0 prints
     click.echo(format_report(report))
     click.echo(f"model saved to {out}")
+
+
+def given_args(ctx: click.Context) -> list[str]:
+    """Command-line arguments that give ``ctx``'s command the parameters the user gave (defaults left out)."""
+    from click.core import ParameterSource
+
+    options: list[str] = []
+    arguments: list[str] = []
+    for p in ctx.command.params:
+        if p.name is None or ctx.get_parameter_source(p.name) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        value = ctx.params[p.name]
+        if isinstance(p, click.Argument):
+            arguments += [str(v) for v in value] if isinstance(value, (tuple, list)) else [str(value)]
+        elif isinstance(p, click.Option) and p.is_flag:
+            if p.secondary_opts:
+                options.append(p.opts[0] if value else p.secondary_opts[0])
+            else:  # a flag without an opposite is on the command line only when given
+                options.append(p.opts[0])
+        elif isinstance(p, click.Option):
+            for v in value if p.multiple else [value]:
+                options += [p.opts[0], repr(v) if isinstance(v, float) else str(v)]
+    return [*options, "--", *arguments]
 
 
 def check_train_arch(arch: str, source: Path, proposals: Path | None, resume: bool, options: dict[str, Any]) -> None:

@@ -11,10 +11,16 @@ of the backbone stay frozen and their output is computed once per image (and onc
 flipped image), so an SGD step runs only the remaining stages, RoIAlign and the head on
 ``rois_per_image`` regions: about a quarter with IoU >= 0.5, the rest with IoU in
 [0.1, 0.5), the hard negatives R-CNN mined with an SVM.
+
+Under torchrun (:mod:`rcnn.distributed`) each process runs the frozen stages of its block of the
+images and all of them get every image's output back (a step may draw any image); the trained part
+is wrapped in DistributedDataParallel and each step's ``images_per_step`` images are split over the
+processes, with the loss normalised over the whole step, so N processes train the weights one does.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -28,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import build_backbone
+from .distributed import Dist, all_reduce_sum as dist_sum
 from .errors import DataError, TrainingError
 from .io import load_rgb
 
@@ -49,7 +56,11 @@ class FastConfig:
     roi_size: int = 7  # RoIAlign output side
     hidden: int = 256  # width of the two fully connected layers of the head
     fine_features: bool = True  # pool each region from the stride-8 map too (needs frozen_stages <= 3)
-    epochs: int = 8  # passes over the training images (one image per step); the best validation epoch is kept
+    epochs: int = 8  # passes over the training images; the best validation epoch is kept
+    # Images per SGD step, their regions' losses averaged together (Fast R-CNN: 2). Under torchrun it is the
+    # global batch, split evenly over the processes, so it must be a multiple of their number. Above 1, an
+    # epoch's images left over after whole steps wait for the next epoch's shuffle.
+    images_per_step: int = 1
     rois_per_image: int = 128  # regions sampled per step (Fast R-CNN: 64 per image, 2 images)
     fg_fraction: float = 0.25  # share of them with IoU >= fg_iou (Fast R-CNN: 0.25)
     fg_iou: float = 0.5  # a region is an object when its IoU with a ground-truth box is at least this
@@ -78,6 +89,8 @@ class FastConfig:
             raise ValueError(f"'val_fraction={self.val_fraction}' is invalid; it must be in (0, 1)")
         if self.class_weights not in ("none", "auto"):
             raise ValueError(f"'class_weights={self.class_weights}' is invalid for --arch fast; use none or auto")
+        if self.images_per_step < 1:
+            raise ValueError(f"'images_per_step={self.images_per_step}' is invalid; it must be >= 1")
         if self.epochs < 1 or self.rois_per_image < 4 or self.lr <= 0 or self.roi_size < 1 or self.hidden < 1:
             raise ValueError(f"need epochs >= 1, rois_per_image >= 4, lr > 0, roi_size >= 1, hidden >= 1; got "
                              f"{self.epochs}, {self.rois_per_image}, {self.lr}, {self.roi_size}, {self.hidden}")
@@ -333,24 +346,123 @@ def class_weight_tensor(spec: str, labels: list[torch.Tensor], n_classes: int) -
 # --------------------------------------------------------------------------- training
 
 
+def roi_loss_sums(logits: torch.Tensor, regression: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
+                  weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`roi_loss` as sums, so that a step's regions may be spread over processes.
+
+    Returns:
+        (class-weighted cross-entropy summed, smooth L1 summed, ``[2]`` (sum of the regions' class
+        weights, number of regions)): the first over the total weight plus the second over the total
+        regions of a step is :func:`roi_loss` of all of the step's regions together.
+    """
+    cls = F.cross_entropy(logits, labels, weight=weight, reduction="sum")
+    pos = torch.where(labels > 0)[0]
+    reg = regression.reshape(len(labels), -1, 4)[pos, labels[pos]]
+    box = F.smooth_l1_loss(reg, targets[pos], beta=1 / 9, reduction="sum")
+    n = torch.tensor(float(len(labels)), device=logits.device)
+    return cls, box, torch.stack([weight[labels].sum() if weight is not None else n, n]).detach()
+
+
+class StepNet(nn.Module):
+    """The trained part of an SGD step as one ``forward``, what DistributedDataParallel wraps: the trained
+    stages, RoIAlign and the head on each image's cached frozen-stage output and sampled regions."""
+
+    def __init__(self, net: FastRCNN) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, feats: list[torch.Tensor], rois: list[torch.Tensor],
+                sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class logits ``[N, C]``, box regression ``[N, 4C]``) of every image's regions, concatenated."""
+        outs = [self.net.roi_outputs(self.net.late(f), [r], [size]) for f, r, size in zip(feats, rois, sizes)]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+
+def image_seed(seed: int, epoch: int, step: int, position: int) -> int:
+    """The seed of the region sampling of one image of one step: the same whichever process samples it."""
+    return int(np.random.SeedSequence([seed, epoch, step, position]).generate_state(1)[0])
+
+
+def sample_regions(net: FastRCNN, samples: list[ImageSample], flips: list[bool], seeds: list[int],
+                   device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """RoIHeads' sampling of each image's regions (torch's generator seeded with the image's ``seeds``).
+
+    Returns:
+        (frozen-stage outputs, regions ``[R_i, 4]`` per image, labels ``[R]``, box targets ``[R, 4]``).
+    """
+    feats, rois, labels, targets = [], [], [], []
+    for sample, flip, seed in zip(samples, flips, seeds):
+        torch.manual_seed(seed)
+        f, props, gt = sample_targets(sample, flip)
+        r, _, lab, tgt = net.roi_heads.select_training_samples(
+            [props.to(device)], [{"boxes": gt.to(device), "labels": sample.labels.to(device)}])
+        feats.append(f.to(device).float())
+        rois += r
+        labels += lab
+        targets += tgt
+    return feats, rois, torch.cat(labels), torch.cat(targets)
+
+
+def cache_samples(net: FastRCNN, usable: list[Any], classes: list[str], proposals: Any, config: FastConfig,
+                  progress: bool, echo: Callable[[str], Any], dist: Dist) -> list[ImageSample]:
+    """The frozen stages' output of every image. Under torchrun each process runs its block of the
+    images and every process gets all of them back, in order (a step may take any image); rank 0
+    prints the warnings of unreadable images."""
+    from tqdm import tqdm
+
+    from .distributed import all_gather_objects
+
+    samples: list[ImageSample] = []
+    warnings: list[str] = []
+    warn = warnings.append if dist.distributed else echo
+    mine = dist.block(len(usable)) if dist.distributed else range(len(usable))
+    for i in tqdm(mine, desc="frozen stages", unit="img", disable=None if progress else True):
+        a = usable[i]
+        try:
+            image = load_rgb(a.path)
+        except DataError as e:
+            warn(f"warning: {e}; skipped")
+            continue
+        gt = a.boxes()
+        labels = np.array([classes.index(o.label) + 1 for o in a.objects], np.int64)
+        samples.append(cache_image(net, image, a.id, proposals.boxes(a.id), gt, labels, config))
+    if not dist.distributed:
+        return samples
+    parts = all_gather_objects(dist, (samples, warnings))
+    for line in (w for _, ws in parts for w in ws) if dist.is_main else ():
+        echo(line)
+    return [s for ss, _ in parts for s in ss]
+
+
 def train_fast(images: list[Any], classes: list[str], proposals: Any, config: FastConfig,
-               progress: bool = True, echo: Callable[[str], Any] = print) -> tuple[FastRCNN, dict[str, Any]]:
+               progress: bool = True, echo: Callable[[str], Any] = print,
+               dist: Dist | None = None) -> tuple[FastRCNN, dict[str, Any]] | None:
     """Train a Fast R-CNN on annotated ``images`` (``rcnn.parse.Annotation``) and their stored ``proposals``
     (a :class:`rcnn.propose.ProposalSet`); returns the network (best validation epoch) and the report.
+
+    Under torchrun (``dist`` of :func:`rcnn.distributed.session`) the frozen stages of the images are
+    split over the processes, the trained part is wrapped in DistributedDataParallel and every step's
+    ``images_per_step`` images are split over the processes (the global batch is one process's);
+    rank 0 validates and returns the network and report, the other ranks return None.
 
     Args:
         classes: the object classes (background excluded), in the dataset's order.
 
     Raises:
         DataError: too few usable images, or no image could be read.
+        ValueError: ``images_per_step`` is not a multiple of the processes, or exceeds the training images.
     """
     from tqdm import tqdm
 
     from .model import pick_device
 
+    dist = dist or Dist(device=pick_device(config.device))
+    if config.images_per_step % dist.world_size:
+        raise ValueError(f"'images_per_step={config.images_per_step}' must be a multiple of the {dist.world_size} "
+                         f"processes (each takes its share of a step's images); use --images-per-step {dist.world_size}")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    device = pick_device(config.device)
+    device = dist.device
     n_classes = len(classes) + 1
     # train(): the frozen stages (and every BatchNorm) in eval mode already while their output is cached, so the
     # cache holds what predict() computes and the saved ImageNet statistics are not moved by the training images
@@ -358,17 +470,9 @@ def train_fast(images: list[Any], classes: list[str], proposals: Any, config: Fa
     usable = [a for a in images if len(a.objects)]
     if len(usable) < 2:
         raise DataError(f"Fast R-CNN needs at least 2 training images with objects; got {len(usable)}")
+    progress = progress and dist.is_main
     t0 = time.perf_counter()
-    samples: list[ImageSample] = []
-    for a in tqdm(usable, desc="frozen stages", unit="img", disable=None if progress else True):
-        try:
-            image = load_rgb(a.path)
-        except DataError as e:
-            echo(f"warning: {e}; skipped")
-            continue
-        gt = a.boxes()
-        labels = np.array([classes.index(o.label) + 1 for o in a.objects], np.int64)
-        samples.append(cache_image(net, image, a.id, proposals.boxes(a.id), gt, labels, config))
+    samples = cache_samples(net, usable, classes, proposals, config, progress, echo, dist)
     if len(samples) < 2:
         raise DataError(f"Fast R-CNN needs at least 2 readable training images; got {len(samples)}")
     cache_seconds = time.perf_counter() - t0
@@ -376,6 +480,9 @@ def train_fast(images: list[Any], classes: list[str], proposals: Any, config: Fa
     n_val = min(max(1, round(config.val_fraction * len(samples))), len(samples) - 1)
     val = [samples[i] for i in sorted(order[:n_val])]
     train = [samples[i] for i in sorted(order[n_val:])]
+    per_step = config.images_per_step
+    if per_step > len(train):
+        raise ValueError(f"'images_per_step={per_step}' exceeds the {len(train)} training images")
     weight = class_weight_tensor(config.class_weights, [s.labels for s in train], n_classes)
     weight = weight.to(device) if weight is not None else None
 
@@ -384,10 +491,21 @@ def train_fast(images: list[Any], classes: list[str], proposals: Any, config: Fa
     no_decay = [p for p in params if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                           lr=config.lr, momentum=0.9)
-    total_steps = config.epochs * len(train)
+    steps_per_epoch = len(train) // per_step
+    total_steps = config.epochs * steps_per_epoch
     warmup = min(200, total_steps // 5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warmup if i < warmup
                                               else 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, total_steps - warmup))))
+    step_net: nn.Module | None = None
+    if per_step > 1 or dist.distributed:
+        step_net = StepNet(net)
+        if dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # every BatchNorm keeps its ImageNet statistics (FastRCNN.train): no buffers to sync at each step
+            sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                    else "broadcast_buffers")
+            step_net = DistributedDataParallel(step_net, device_ids=[device] if device.type == "cuda" else None, **{sync: False})
     net.train()
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor] | None] = (math.inf, 0, None)
@@ -395,26 +513,54 @@ def train_fast(images: list[Any], classes: list[str], proposals: Any, config: Fa
     bar = tqdm(total=total_steps, desc="train", unit="step", disable=None if progress else True)
     for epoch in range(1, config.epochs + 1):
         sums = np.zeros(2)
-        for i in rng.permutation(len(train)):
-            flip = config.hflip and bool(rng.integers(2))
-            cls, box = step_loss(net, train[i], flip, weight, device)
-            loss = cls + box
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the training loss became {float(loss)} at epoch {epoch}; lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            sums += (cls.item(), box.item())
-            bar.update(1)
+        if step_net is None:  # one image per step on one process
+            for i in rng.permutation(len(train)):
+                flip = config.hflip and bool(rng.integers(2))
+                cls, box = step_loss(net, train[i], flip, weight, device)
+                loss = cls + box
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"the training loss became {float(loss)} at epoch {epoch}; lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                sums += (cls.item(), box.item())
+                bar.update(1)
+        else:
+            perm = rng.permutation(len(train))  # the same on every process: they share the seed
+            for step in range(steps_per_epoch):
+                images = perm[step * per_step : (step + 1) * per_step]
+                flips = [config.hflip and bool(rng.integers(2)) for _ in images]
+                mine = dist.block(per_step)  # this process's share of the step's images
+                feats, rois, labels, targets = sample_regions(net, [train[images[j]] for j in mine], [flips[j] for j in mine],
+                                                              [image_seed(config.seed, epoch, step, int(j)) for j in mine], device)
+                logits, regression = step_net(feats, rois, [train[images[j]].size for j in mine])
+                cls_sum, box_sum, counts = roi_loss_sums(logits, regression, labels, targets, weight)
+                # one all-reduce: the step's total weight and regions, and its loss (to check and report)
+                totals = dist_sum(dist, torch.cat([counts, torch.stack([cls_sum, box_sum]).detach()]))
+                cls, box = totals[2] / totals[0], totals[3] / totals[1]
+                if not torch.isfinite(cls + box):
+                    raise TrainingError(f"the training loss became {float(cls + box)} at epoch {epoch}; lower --lr")
+                # DistributedDataParallel averages the processes' gradients: times world_size is their sum
+                loss = (cls_sum / totals[0] + box_sum / totals[1]) * dist.world_size
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                sums += (cls.item(), box.item())
+                bar.update(1)
+        if not dist.is_main:
+            continue  # rank 0 alone validates and keeps the best epoch
         val_loss, cm = validate(net, val, n_classes, config.fg_iou, device)
-        history.append({"epoch": epoch, "train_cls_loss": round(sums[0] / len(train), 5),
-                        "train_box_loss": round(sums[1] / len(train), 5), "val_loss": round(val_loss, 5),
+        history.append({"epoch": epoch, "train_cls_loss": round(sums[0] / steps_per_epoch, 5),
+                        "train_box_loss": round(sums[1] / steps_per_epoch, 5), "val_loss": round(val_loss, 5),
                         "seconds": round(time.perf_counter() - t1, 2)})
         bar.set_postfix(val_loss=f"{val_loss:.4f}")
         if val_loss < best[0]:
             best = (val_loss, epoch, {k: v.detach().clone() for k, v in net.state_dict().items()})
     bar.close()
+    if not dist.is_main:
+        return None
     net.load_state_dict(best[2])
     val_loss, cm = validate(net, val, n_classes, config.fg_iou, device)
     names = ["background", *classes]
@@ -432,6 +578,8 @@ def train_fast(images: list[Any], classes: list[str], proposals: Any, config: Fa
         "seconds": {"features": round(cache_seconds, 2), "epochs": round(time.perf_counter() - t1, 2)},
         "config": asdict(config),
     }
+    if dist.distributed:
+        report["processes"] = dist.world_size
     return net.eval(), report
 
 
@@ -450,15 +598,18 @@ def model_config(config: FastConfig, classes: list[str], propose: Any, net: Fast
 
 
 def train_fast_model(parsed: str | Path | Any, proposals: str | Path, out: str | Path, config: FastConfig | None = None,
-                     progress: bool = True, echo: Callable[[str], Any] = print) -> dict[str, Any]:
+                     progress: bool = True, echo: Callable[[str], Any] = print) -> dict[str, Any] | None:
     """Train a Fast R-CNN on the train split of ``parsed`` (a ``rcnn parse`` file or a Dataset) with the
     proposals of ``rcnn propose`` in ``proposals``, and commit the model folder ``out``.
 
+    Under torchrun (:mod:`rcnn.distributed`) every process trains and rank 0 alone writes ``out``.
+
     Returns:
-        The report (also ``out/report.json``).
+        The report (also ``out/report.json``); None on the ranks other than 0.
     """
     import json
 
+    from .distributed import session
     from .io import folder_lock, output_dir
     from .model import WEIGHTS, ModelConfig, commit_model, finish_commit
     from .parse import Dataset
@@ -466,23 +617,29 @@ def train_fast_model(parsed: str | Path | Any, proposals: str | Path, out: str |
 
     config = config or FastConfig()
     t_start = time.perf_counter()
-    ds = parsed if isinstance(parsed, Dataset) else Dataset.load(parsed)
-    pset = ProposalSet.load(proposals)
-    images = ds.split("train")
-    if not images:
-        raise DataError(f"{parsed} has no training images")
-    check_proposals(pset, images, "train")
-    out = output_dir(out, "model")
-    with folder_lock(out, "rcnn train"):
-        try:  # an interrupted commit is finished (or its staged files dropped) before a new one
-            finish_commit(out, ModelConfig.load(out))
-        except DataError:
-            finish_commit(out, None)
-        net, report = train_fast(images, list(ds.classes), pset, config, progress, echo)
-        report["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
-        state = {k: v.cpu() for k, v in net.state_dict().items()}
-        commit_model(out, model_config(config, list(ds.classes), pset.config, net), {
-            WEIGHTS: lambda p: torch.save(state, p),
-            "report.json": lambda p: p.write_text(json.dumps(report, indent=2) + "\n"),
-        })
+    with session(config.device) as dist:
+        ds = parsed if isinstance(parsed, Dataset) else Dataset.load(parsed)
+        pset = ProposalSet.load(proposals)
+        images = ds.split("train")
+        if not images:
+            raise DataError(f"{parsed} has no training images")
+        check_proposals(pset, images, "train")
+        if not dist.is_main:
+            train_fast(images, list(ds.classes), pset, config, False, echo, dist)
+            return None
+        out = output_dir(out, "model")
+        with folder_lock(out, "rcnn train"):
+            try:  # an interrupted commit is finished (or its staged files dropped) before a new one
+                finish_commit(out, ModelConfig.load(out))
+            except DataError:
+                finish_commit(out, None)
+            trained = train_fast(images, list(ds.classes), pset, config, progress, echo, dist)
+            assert trained is not None  # rank 0 always gets the network
+            net, report = trained
+            report["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
+            state = {k: v.cpu() for k, v in net.state_dict().items()}
+            commit_model(out, model_config(config, list(ds.classes), pset.config, net), {
+                WEIGHTS: lambda p: torch.save(state, p),
+                "report.json": lambda p: p.write_text(json.dumps(report, indent=2) + "\n"),
+            })
     return report

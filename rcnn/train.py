@@ -8,6 +8,10 @@ augmentation with a frozen backbone caches the features of the flipped crops too
 Batches hold a fixed share of object regions (R-CNN: 32 of 128), the loss is
 class-weighted cross-entropy, the validation split is by image (regions of one image
 never straddle it), stratified by each image's main class, and seeded.
+
+Under torchrun (:mod:`rcnn.distributed`) the frozen backbone's feature extraction is split over
+the processes and rank 0 trains the head; a fine-tuned backbone trains on all of them, each
+taking its block of every batch (DistributedDataParallel). Rank 0 alone writes the model folder.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .backbones import build_backbone
 from .crop import CropConfig, decode_crop, load_shard
+from .distributed import Dist, all_reduce_sum, broadcast_object, gather_blocks, session
 from .errors import DataError, TrainingError
 from .io import digest, file_digest, folder_lock, output_dir, read_json, save_npy, write_atomic
 from .model import (MAX_INPUT_SIZE, WEIGHTS, ModelConfig, RegionClassifier, auto_batch_size, commit_model, finish_commit,
@@ -297,6 +303,10 @@ class FeatureSource:
     def inputs(self, idx: np.ndarray, flip: np.ndarray) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def train_inputs(self, idx: np.ndarray, flip: np.ndarray) -> torch.Tensor:
+        """:meth:`inputs` in a training step (under torchrun, through DistributedDataParallel)."""
+        return self.inputs(idx, flip)
+
     def box_features(self) -> torch.Tensor:  # pragma: no cover - interface
         """Features ``[N, D]`` of every region (zeros where not needed) for the box regressor."""
         raise NotImplementedError
@@ -307,14 +317,18 @@ class CachedFeatures(FeatureSource):
 
     The cache file's name is a key of the backbone, its weights, the input side and the region
     set's content key, so a changed region set or backbone never reads stale features.
+
+    Under torchrun each process extracts its block of the regions and rank 0 gathers them, keeps
+    them and writes the cache; the other ranks keep nothing (``plain`` is None there).
     """
 
     cached = True
 
     def __init__(self, net: RegionClassifier, regions: RegionSet, config: TrainConfig, prep: Preprocess,
-                 cache_dir: Path, progress: bool) -> None:
+                 cache_dir: Path, progress: bool, dist: Dist | None = None) -> None:
         self.net, self.regions, self.config, self.prep = net, regions, config, prep
         self.cache_dir, self.progress = cache_dir, progress
+        self.dist = dist or Dist(device=prep.device)
         self.plain = self._load(False)
         self.flipped = self._load(True) if config.hflip else None
 
@@ -325,19 +339,36 @@ class CachedFeatures(FeatureSource):
         content = self.regions.meta.get("content_key") or [self.regions.meta["config"], self.regions.meta["images"]]
         return digest(self.config.backbone, weights, self.prep.size, flip, content, len(self.regions.labels))[:16]
 
-    def _load(self, flip: bool) -> torch.Tensor:
-        path = self.cache_dir / f"features-{self._key(flip)}.npy"
+    def _read(self, path: Path) -> torch.Tensor | None:
+        """The cached features in ``path``, or None when there are none (or they are damaged: recomputed)."""
         if path.is_file():
             try:
                 feats = np.load(path, allow_pickle=False)
                 if feats.shape[0] == len(self.regions.labels) and feats.dtype == np.float32:
                     return torch.from_numpy(feats)
             except (OSError, ValueError, EOFError):
-                pass  # a damaged cache is recomputed
-        feats = extract_features(self.net.backbone, self.regions, np.arange(len(self.regions.labels)), self.prep,
-                                 self.config.feature_batch or auto_batch_size(self.prep.device), flip, self.progress)
-        save_npy(path, feats)
-        return torch.from_numpy(feats)
+                pass
+        return None
+
+    def _load(self, flip: bool) -> torch.Tensor | None:
+        path = self.cache_dir / f"features-{self._key(flip)}.npy"
+        dist, n = self.dist, len(self.regions.labels)
+        cached = self._read(path) if dist.is_main else None
+        if not broadcast_object(dist, cached is None):  # rank 0 alone reads the model folder
+            return cached
+        idx = dist.block(n) if dist.distributed else np.arange(n)
+        feats = (extract_features(self.net.backbone, self.regions, idx, self.prep,
+                                  self.config.feature_batch or auto_batch_size(self.prep.device), flip,
+                                  self.progress and dist.is_main)
+                 if len(idx) else np.zeros((0, self.net.bbox.in_features), np.float32))  # more processes than regions
+        if not dist.distributed:
+            save_npy(path, feats)
+            return torch.from_numpy(feats)
+        gathered = gather_blocks(dist, torch.from_numpy(feats), n)
+        if gathered is None:
+            return None
+        save_npy(path, gathered.numpy())
+        return gathered
 
     def inputs(self, idx: np.ndarray, flip: np.ndarray) -> torch.Tensor:
         x = self.plain[idx].clone()
@@ -352,11 +383,22 @@ class CachedFeatures(FeatureSource):
 class LiveFeatures(FeatureSource):
     """A backbone that trains too: every batch of crops goes through the whole network."""
 
-    def __init__(self, net: RegionClassifier, regions: RegionSet, config: TrainConfig, prep: Preprocess, progress: bool) -> None:
+    def __init__(self, net: RegionClassifier, regions: RegionSet, config: TrainConfig, prep: Preprocess, progress: bool,
+                 dist: Dist | None = None) -> None:
         self.net, self.regions, self.config, self.prep, self.progress = net, regions, config, prep, progress
+        self.step_net: nn.Module = net
+        if dist is not None and dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # backbone + head only: the box regressor is fitted afterwards, it has no gradient to share
+            self.step_net = DistributedDataParallel(nn.Sequential(net.backbone, net.head),
+                                                    device_ids=[prep.device] if prep.device.type == "cuda" else None)
 
     def inputs(self, idx: np.ndarray, flip: np.ndarray) -> torch.Tensor:
         return self.net(self.prep(self.regions.crops(idx, flip)))
+
+    def train_inputs(self, idx: np.ndarray, flip: np.ndarray) -> torch.Tensor:
+        return self.step_net(self.prep(self.regions.crops(idx, flip)))
 
     def box_features(self) -> torch.Tensor:
         """The fine-tuned backbone's features of the object regions."""
@@ -484,6 +526,12 @@ class TrainRun:
     rng: np.random.Generator
     pool_idx: np.ndarray  # the mining pool's regions (of training and validation images), not yet added
     feature_seconds: float = 0.0
+    dist: Dist = field(default_factory=Dist)  # this process's rank under torchrun
+
+    @property
+    def shared(self) -> bool:
+        """Whether every process takes part in each step (torchrun, fine-tuning); else rank 0 trains alone."""
+        return self.dist.distributed and not self.config.freeze_backbone
 
 
 @dataclass
@@ -501,10 +549,15 @@ class TrainState:
     mined_per_round: list[int] = field(default_factory=list)
 
 
-def build_run(crops_dir: str | Path, out: str | Path, config: TrainConfig, progress: bool) -> TrainRun:
-    """Read the region set, split it by image, build the network, its feature source and optimiser."""
+def build_run(crops_dir: str | Path, out: str | Path, config: TrainConfig, progress: bool, dist: Dist | None = None) -> TrainRun:
+    """Read the region set, split it by image, build the network, its feature source and optimiser.
+
+    Under torchrun (``dist``) only rank 0 claims ``out``; the frozen backbone's feature extraction is split
+    over the processes, a fine-tuned network is wrapped in DistributedDataParallel.
+    """
     torch.manual_seed(config.seed)
-    device = pick_device(config.device)
+    dist = dist or Dist(device=pick_device(config.device))
+    device = dist.device
     regions = RegionSet.load(crops_dir)
     size = config.input_size or regions.crop_size
     if size > MAX_INPUT_SIZE:
@@ -519,10 +572,13 @@ def build_run(crops_dir: str | Path, out: str | Path, config: TrainConfig, progr
         raise DataError(f"region set {crops_dir} has too few images ({int(regions.groups.max()) + 1}) for a validation split")
     if not (regions.labels[train_idx] > 0).any():
         raise DataError(f"region set {crops_dir} has no object regions to learn from")
-    out = output_dir(out, "model")
+    out = output_dir(out, "model") if dist.is_main else Path(out)
 
     backbone = build_backbone(config.backbone, config.weights)
-    net = RegionClassifier(backbone, len(regions.classes), config.hidden, config.dropout).to(device).to(memory_format=torch.channels_last)
+    net = RegionClassifier(backbone, len(regions.classes), config.hidden, config.dropout)
+    if dist.distributed and not config.freeze_backbone and device.type == "cuda":
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # batch statistics over the global batch (GPUs only)
+    net = net.to(device).to(memory_format=torch.channels_last)
     if config.freeze_backbone:
         for p in net.backbone.parameters():
             p.requires_grad_(False)
@@ -538,11 +594,11 @@ def build_run(crops_dir: str | Path, out: str | Path, config: TrainConfig, progr
     )
     prep = Preprocess(backbone.mean, backbone.std, size, device)
     t = time.perf_counter()
-    features: FeatureSource = (CachedFeatures(net, regions, config, prep, out / "cache", progress) if config.freeze_backbone
-                               else LiveFeatures(net, regions, config, prep, progress))
+    features: FeatureSource = (CachedFeatures(net, regions, config, prep, out / "cache", progress, dist) if config.freeze_backbone
+                               else LiveFeatures(net, regions, config, prep, progress, dist))
     criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     return TrainRun(config, out, regions, net, features, opt, criterion, train_idx, val_idx, device, model_config, weights,
-                    np.random.default_rng(config.seed), pool_idx, time.perf_counter() - t)
+                    np.random.default_rng(config.seed), pool_idx, time.perf_counter() - t, dist)
 
 
 def load_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any]:
@@ -603,8 +659,12 @@ def train_one_epoch(run: TrainRun, epoch: int) -> tuple[float, float]:
         idx = run.train_idx[rel]
         flip = run.rng.random(len(idx)) < 0.5 if config.hflip else np.zeros(len(idx), bool)
         y = y_all[idx].to(run.device)
-        z = run.features.inputs(idx, flip)
-        loss = run.criterion(z, y)
+        if run.shared:
+            loss, correct = shared_step(run, idx, flip, y)
+        else:
+            z = run.features.train_inputs(idx, flip)
+            loss = run.criterion(z, y)
+            correct = float((z.argmax(1) == y).sum())
         if not torch.isfinite(loss):
             raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}, batch {b + 1}; "
                                 f"training stopped (try a lower --lr than {config.lr})")
@@ -612,9 +672,30 @@ def train_one_epoch(run: TrainRun, epoch: int) -> tuple[float, float]:
         loss.backward()
         run.optimizer.step()
         tot_loss += loss.item() * len(idx)
-        tot_correct += float((z.argmax(1) == y).sum())
+        tot_correct += correct
         tot_n += len(idx)
     return tot_loss / tot_n, tot_correct / tot_n
+
+
+def shared_step(run: TrainRun, idx: np.ndarray, flip: np.ndarray, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """A step of the global batch ``idx`` of which this process takes its block (DistributedDataParallel).
+
+    Returns:
+        (the loss to call ``backward`` on, whose value is the whole batch's mean loss and whose
+        gradient, averaged over the processes, is that of the batch's mean loss; the correct
+        predictions of the whole batch).
+    """
+    dist = run.dist
+    mine = dist.block(len(idx))
+    z = run.features.train_inputs(idx[mine], flip[mine])
+    # the class-weighted mean over the whole batch: this block's weighted sum over the batch's total weight
+    weight = run.criterion.weight
+    total = weight[y].sum() if weight is not None else torch.tensor(float(len(idx)), device=y.device)
+    part = F.cross_entropy(z, y[mine], weight=weight, reduction="sum") / total
+    sums = all_reduce_sum(dist, torch.stack([part.detach(), (z.argmax(1) == y[mine]).sum().float()]))
+    # the value shown is the batch's loss; the gradient is this block's share, times world_size (DDP averages)
+    loss = part * dist.world_size + (sums[0] - part * dist.world_size).detach()
+    return loss, float(sums[1])
 
 
 @torch.inference_mode()
@@ -642,28 +723,50 @@ def train(crops_dir: str | Path, out: str | Path, config: TrainConfig | None = N
     The folder's model is replaced only at the end, in one commit (:func:`rcnn.model.commit_model`):
     an interrupted run leaves the earlier model complete, and ``resume`` continues from ``checkpoint.pt``.
 
+    Under torchrun (:mod:`rcnn.distributed`) rank 0 alone writes ``out`` (the model, report, cache and
+    checkpoints). With a frozen backbone the feature extraction is split over the processes and rank 0
+    trains the head alone, as one process would; a fine-tuned network trains on every process
+    (DistributedDataParallel, each taking its block of every batch), and on resume all of them start
+    from rank 0's checkpoint.
+
     Returns:
-        The report (also ``out/report.json``) with ``val_precision`` and ``val_recall`` per class.
+        The report (also ``out/report.json``) with ``val_precision`` and ``val_recall`` per class;
+        None on the ranks other than 0.
     """
     config = config or TrainConfig()
     t_start = time.perf_counter()
-    with folder_lock(output_dir(out, "model"), "rcnn train"):
-        return _train(crops_dir, out, config, resume, progress, t_start)
+    with session(config.device) as dist:
+        if not dist.is_main:
+            return _train(crops_dir, out, config, resume, progress, t_start, dist)
+        with folder_lock(output_dir(out, "model"), "rcnn train"):
+            return _train(crops_dir, out, config, resume, progress, t_start, dist)
 
 
-def _train(crops_dir: str | Path, out: str | Path, config: TrainConfig, resume: bool, progress: bool, t_start: float) -> dict[str, Any]:
-    ckpt = load_checkpoint(Path(out), config) if resume else None
-    run = build_run(crops_dir, out, config, progress)
-    finish_commit(run.out, _committed_config(run.out))
+def _train(crops_dir: str | Path, out: str | Path, config: TrainConfig, resume: bool, progress: bool, t_start: float,
+           dist: Dist) -> dict[str, Any] | None:
+    shared = dist.distributed and not config.freeze_backbone
+    if shared and config.mining_rounds:
+        raise ValueError("hard-negative mining (--mining-rounds) with a fine-tuned backbone runs on one process only; "
+                         "drop --mining-rounds or train without torchrun")
+    ckpt = load_checkpoint(Path(out), config) if resume and dist.is_main else None
+    if resume and shared:
+        ckpt = broadcast_object(dist, ckpt)  # every process resumes from rank 0's checkpoint
+    run = build_run(crops_dir, out, config, progress and dist.is_main, dist)
+    if not dist.is_main and not shared:
+        return None  # its share of the features is with rank 0, which trains the head
+    if dist.is_main:
+        finish_commit(run.out, _committed_config(run.out))
     state = resume_state(run, ckpt) if ckpt is not None else TrainState()
     epoch_seconds: list[float] = []
     while True:
-        train_round(run, state, epoch_seconds, progress)
+        train_round(run, state, epoch_seconds, progress and dist.is_main)
         if state.round >= config.mining_rounds:
             break
         state.mined_per_round.append(mine_hard_negatives(run, state))
         state.round, state.round_start = state.round + 1, state.epoch
         save_checkpoint(run, state)
+    if not dist.is_main:
+        return None
     return write_model(run, state, sum(epoch_seconds), t_start)
 
 
@@ -682,6 +785,11 @@ def train_round(run: TrainRun, state: TrainState, epoch_seconds: list[float], pr
                       unit="epoch", disable=None if progress else True, initial=state.epoch - state.round_start, total=config.epochs):
         t = time.perf_counter()
         train_loss, train_acc = train_one_epoch(run, epoch)
+        if not run.dist.is_main:  # rank 0 validates and tells the others whether to go on
+            state.epoch = epoch
+            if broadcast_object(run.dist, None):
+                break
+            continue
         val_loss, val_pred = evaluate(run, run.val_idx)
         if not math.isfinite(val_loss):
             raise TrainingError(f"the validation loss became {val_loss} at epoch {epoch}; training stopped")
@@ -694,7 +802,7 @@ def train_round(run: TrainRun, state: TrainState, epoch_seconds: list[float], pr
             state.best_val_loss, state.best_epoch = val_loss, epoch
             state.best_net = {k: v.detach().clone().cpu() for k, v in run.net.state_dict().items()}
         save_checkpoint(run, state)
-        if patience_spent():
+        if broadcast_object(run.dist, patience_spent()) if run.shared else patience_spent():
             break  # validation has stopped improving: the best epoch is kept
 
 
