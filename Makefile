@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PYTHON) bench/crop.py
 	$(PYTHON) bench/train.py
 	$(PYTHON) bench/detect.py
+	$(PYTHON) bench/scale.py
 	$(PYTHON) bench/separability.py
 	$(PYTHON) bench/resnet.py
 
