@@ -378,6 +378,16 @@ class StepNet(nn.Module):
         return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
+def optimiser_step(opt: torch.optim.Optimizer, sched: Any, loss: torch.Tensor, reported: torch.Tensor, epoch: int) -> None:
+    """One SGD step on ``loss``, refused with a clear error when the step's ``reported`` loss is not finite."""
+    if not torch.isfinite(reported):
+        raise TrainingError(f"the training loss became {float(reported.detach())} at epoch {epoch}; lower --lr")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
 def image_seed(seed: int, epoch: int, step: int, position: int) -> int:
     """The seed of the region sampling of one image of one step: the same whichever process samples it."""
     return int(np.random.SeedSequence([seed, epoch, step, position]).generate_state(1)[0])
@@ -517,13 +527,7 @@ def train_fast(images: list[Any], classes: list[str], proposals: Any, config: Fa
             for i in rng.permutation(len(train)):
                 flip = config.hflip and bool(rng.integers(2))
                 cls, box = step_loss(net, train[i], flip, weight, device)
-                loss = cls + box
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"the training loss became {float(loss)} at epoch {epoch}; lower --lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                optimiser_step(opt, sched, cls + box, cls + box, epoch)
                 sums += (cls.item(), box.item())
                 bar.update(1)
         else:
@@ -539,14 +543,9 @@ def train_fast(images: list[Any], classes: list[str], proposals: Any, config: Fa
                 # one all-reduce: the step's total weight and regions, and its loss (to check and report)
                 totals = dist_sum(dist, torch.cat([counts, torch.stack([cls_sum, box_sum]).detach()]))
                 cls, box = totals[2] / totals[0], totals[3] / totals[1]
-                if not torch.isfinite(cls + box):
-                    raise TrainingError(f"the training loss became {float(cls + box)} at epoch {epoch}; lower --lr")
                 # DistributedDataParallel averages the processes' gradients: times world_size is their sum
                 loss = (cls_sum / totals[0] + box_sum / totals[1]) * dist.world_size
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                optimiser_step(opt, sched, loss, cls + box, epoch)
                 sums += (cls.item(), box.item())
                 bar.update(1)
         if not dist.is_main:

@@ -189,3 +189,14 @@ def test_evaluate_runs_a_fast_model_folder(fast_model: Path, synth_parsed: Path,
     assert 0.0 <= report["map50"] <= 1.0 and set(report["ap50"]) == {"disc", "square"}
     summary = json.loads((tmp_path / "eval_detect" / "summary.json").read_text())
     assert summary["images"] == 3 and summary["failed"] == []
+
+
+@pytest.mark.parametrize("per_step", [1, 2])
+def test_a_diverging_loss_stops_with_a_message(per_step: int, synth_parsed: Path, synth_props: Path, tmp_path: Path):
+    """Both training loops (one image a step; several, as the distributed one) refuse a non-finite loss."""
+    from rcnn.errors import TrainingError
+
+    config = FastConfig(**{**TINY, "epochs": 3, "lr": 1e30, "images_per_step": per_step})
+    with pytest.raises(TrainingError, match=r"the training loss became (nan|inf) at epoch \d; lower --lr"):
+        train_fast_model(synth_parsed, synth_props, tmp_path / "m", config, progress=False, echo=lambda _: None)
+    assert not (tmp_path / "m" / "model.pt").exists()
