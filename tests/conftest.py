@@ -1,19 +1,32 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-RACCOON = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "raccoon"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+RACCOON = SHARED / "raccoon"
+
+
+def shared_dataset(path: Path, marker: str) -> Path:
+    """``path`` when its ``marker`` folder is there; else skip, or fail in CI (``CI=true``), where ../shared must be laid.
+
+    A broken CI layout must not hide the tests on real data behind a skip.
+    """
+    if (path / marker).is_dir():
+        return path
+    message = f"{path} is not present (../shared/datasets beside the repository)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI: {message}")
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def raccoon() -> Path:
-    if not (RACCOON / "annotations").is_dir():
-        pytest.skip("../shared/datasets/raccoon is not present")
-    return RACCOON
+    return shared_dataset(RACCOON, "annotations")
 
 
 @pytest.fixture(scope="session")
