@@ -25,7 +25,7 @@ from torchvision.ops import roi_align
 
 from .boxes import box_iou, clip_boxes, encode, expand_for_context
 from .errors import DataError
-from .io import digest, file_digest, load_rgb, output_dir, print_err, write_atomic, write_csv, write_json
+from .io import digest, load_rgb, output_dir, print_err, write_atomic, write_csv, write_json
 from .parse import Annotation, Dataset
 from .propose import ProposalSet, check_proposals
 from .runner import Outcome, Stage

@@ -25,7 +25,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .boxes import box_iou
 from .errors import DataError, MissingDependencyError
 from .io import file_digest, load_rgb, output_dir, print_err, read_json, save_npy, write_json
 from .parse import Annotation, Dataset
@@ -237,6 +236,10 @@ def recall(gt: list[np.ndarray], proposals: list[np.ndarray], threshold: float, 
     Returns:
         (covered, total) counts.
     """
+    # imported here, not above: rcnn.boxes imports torch, whose import starts a thread, and the processes that
+    # run selective search (pool and Ray children) must have no thread that could call libc rand() meanwhile
+    from .boxes import box_iou
+
     covered = total = 0
     for g, p in zip(gt, proposals):
         total += len(g)
