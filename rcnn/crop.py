@@ -14,7 +14,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,11 @@ from torchvision.ops import roi_align
 
 from .boxes import box_iou, clip_boxes, encode, expand_for_context
 from .errors import DataError
-from .io import digest, file_digest, load_rgb, output_dir, print_err, write_atomic, write_csv, write_json
+from .io import digest, load_rgb, output_dir, print_err, write_atomic, write_csv, write_json
 from .parse import Annotation, Dataset
 from .propose import ProposalSet, check_proposals
-from .scale import Shard, import_ray, run_tasks, shard_name, shard_of
+from .runner import Outcome, Stage
+from .scale import Shard, import_ray, shard_name, shard_of
 
 BACKGROUND = "background"
 # Regions are warped from a copy whose long side is at most this: crops are a few hundred pixels,
@@ -232,14 +233,22 @@ def crop_image(ann: Annotation, proposals: np.ndarray, classes: list[str], confi
     }
 
 
-def _crop_task(shared: tuple[list[str], CropConfig], item: tuple[Annotation, np.ndarray, str]
-               ) -> tuple[dict[str, np.ndarray] | None, str]:
-    """One image's shard arrays (:func:`crop_image`), or None and the error of an image that cannot be read."""
+@dataclass
+class CropItem:
+    """One image to crop: its annotation, its proposals and the key its shard is stored under."""
+
+    ann: Annotation
+    proposals: np.ndarray  # [N, 4] float32, (x1, y1, x2, y2) in pixels
+    key: str  # :func:`_shard_key`
+
+
+def _crop_task(shared: tuple[list[str], CropConfig], item: CropItem) -> Outcome[dict[str, np.ndarray]]:
+    """One image's shard arrays (:func:`crop_image`), or the error of an image that cannot be read."""
     classes, config = shared
     try:
-        return crop_image(item[0], item[1], classes, config), ""
+        return Outcome(crop_image(item.ann, item.proposals, classes, config))
     except DataError as e:
-        return None, str(e)
+        return Outcome(None, str(e))
 
 
 def _write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -306,8 +315,6 @@ def crop_dataset(
     Raises:
         DataError: ``out`` holds files rcnn did not write, proposals are missing, or no image could be used.
     """
-    from tqdm import tqdm
-
     config = config or CropConfig()
     if ray is not None:
         import_ray()  # fail early, with the fix, when Ray is missing
@@ -322,69 +329,77 @@ def crop_dataset(
     (out / "shards").mkdir(exist_ok=True)
 
     start = time.perf_counter()
-    stored: dict[str, str] = {}  # image id -> the key of its shard, written or reused
-    failures: list[str] = []
-    todo: list[tuple[Annotation, np.ndarray, str]] = []
-
-    def failed(a: Annotation, err: str) -> None:
-        failures.append(err)
-        warn(f"error: {a.id}: {err}; skipped")
-
-    for a in images:
-        try:
-            key = _shard_key(a, image_sha[a.id], pset, classes, config)
-            if _stored_key(out / "shards" / f"{a.id}.npz") == key:
-                stored[a.id] = key
-            else:
-                todo.append((a, pset.boxes(a.id), key))
-        except DataError as e:
-            failed(a, str(e))
-    reused = len(stored)
-
-    def collect(item: tuple[Annotation, np.ndarray, str], result: tuple[dict[str, np.ndarray] | None, str]) -> None:
-        a, _, key = item
-        arrays, err = result
-        if arrays is None:
-            failed(a, err)
-            return
-        _write_shard(out / "shards" / f"{a.id}.npz", {**arrays, "key": np.array(key)})
-        stored[a.id] = key
-
-    bar = tqdm(total=len(images), initial=len(images) - len(todo), desc="crop", unit="img", disable=None if progress else True)
-    try:
-        run_tasks(_crop_task, (classes, config), todo, collect, workers=workers, ray=ray,
-                  on_error=lambda item, e: failed(item[0], e), bar=bar)
-    finally:
-        bar.close()
-    used = [a for a in images if a.id in stored]  # in split order, whatever order the tasks finished in
-    keys = [stored[a.id] for a in used]
+    run = _CropRun(out / "shards", warn)
+    todo = run.stage().plan(run.items(images, lambda a: _shard_key(a, image_sha[a.id], pset, classes, config), pset)).todo
+    reused = len(run.stored)
+    run.stage().run((classes, config), todo, len(images) - len(todo), workers, ray, progress)
+    used = [a for a in images if a.id in run.stored]  # in split order, whatever order the tasks finished in
     if not used:
-        raise DataError(f"no region could be cropped from any of the {len(images)} {split} images (first error: {failures[0]})")
+        raise DataError(f"no region could be cropped from any of the {len(images)} {split} images (first error: {run.failures[0]})")
     if shard is not None:
         report = {"format": "rcnn-crops-shard-report-v1", "shard": list(shard), "images": len(used),
-                  "computed": len(used) - reused, "reused_images": reused, "failed": failures,
+                  "computed": len(used) - reused, "reused_images": reused, "failed": run.failures,
                   "seconds": round(time.perf_counter() - start, 2), "config": asdict(config)}
         write_json(out / f"report-{shard_name(shard)}.json", report)
         return report
+    return _assemble(out, used, [run.stored[a.id] for a in used], classes, split, config, pset, imagefolder,
+                     {"start": start, "reused_images": reused, "failed": run.failures})
 
-    # assemble the index, counts and weights from the shards
-    rows = []
-    kept = {c: 0 for c in classes}
-    ignored = unsampled = pooled = 0
-    shard_bytes = 0
-    for a in used:
-        path = out / "shards" / f"{a.id}.npz"
-        s = load_shard(path)
-        shard_bytes += path.stat().st_size
-        ignored += int(s["n_ignored"])
-        unsampled += int(s["n_unsampled"])
-        pool = s["pool"] if "pool" in s else np.zeros(len(s["labels"]), bool)
-        pooled += int(pool.sum())
-        for k in range(len(s["labels"])):
-            label = classes[int(s["labels"][k])]
-            kept[label] += int(not pool[k])  # the mining pool is not part of the training set's counts
-            rows.append([a.id, k, *np.round(s["boxes"][k], 2).tolist(), label, int(s["labels"][k]),
-                         round(float(s["ious"][k]), 4), *np.round(s["targets"][k], 5).tolist(), int(pool[k])])
+
+@dataclass
+class _CropRun:
+    """The bookkeeping of one crop run: the key of each image's stored shard, and the failures."""
+
+    shards: Path  # the folder of shards/<id>.npz
+    warn: Callable[[str], Any]
+    stored: dict[str, str] = field(default_factory=dict)  # image id -> the key of its shard, written or reused
+    failures: list[str] = field(default_factory=list)
+
+    def stage(self) -> Stage[CropItem]:
+        return Stage("crop", _crop_task, self.collect, lambda item, e: self.failed(item.ann, e), self.valid)
+
+    def items(self, images: list[Annotation], key: Callable[[Annotation], str], pset: ProposalSet) -> list[CropItem]:
+        """The images with their keys, and their proposals where the stored shard is not valid (those to crop);
+        an image whose key or proposals cannot be read is a failure (reported here, in image order)."""
+        items = []
+        for a in images:
+            try:
+                k = key(a)
+                items.append(CropItem(a, np.zeros((0, 4), np.float32), k) if self.valid_key(a, k)
+                             else CropItem(a, pset.boxes(a.id), k))
+            except DataError as e:
+                self.failed(a, str(e))
+        return items
+
+    def valid_key(self, a: Annotation, key: str) -> bool:
+        """Whether ``shards/<id>.npz`` was stored under ``key``; if so it is recorded as reused."""
+        if _stored_key(self.shards / f"{a.id}.npz") != key:
+            return False
+        self.stored[a.id] = key
+        return True
+
+    def valid(self, item: CropItem) -> bool:  # checked by valid_key as the item was made
+        return self.stored.get(item.ann.id) == item.key
+
+    def collect(self, item: CropItem, result: Outcome[dict[str, np.ndarray]]) -> None:
+        if result.value is None:
+            self.failed(item.ann, result.error)
+            return
+        _write_shard(self.shards / f"{item.ann.id}.npz", {**result.value, "key": np.array(item.key)})
+        self.stored[item.ann.id] = item.key
+
+    def failed(self, a: Annotation, err: str) -> None:
+        self.failures.append(err)
+        self.warn(f"error: {a.id}: {err}; skipped")
+
+
+def _assemble(out: Path, used: list[Annotation], keys: list[str], classes: list[str], split: str, config: CropConfig,
+              pset: ProposalSet, imagefolder: bool, run_info: dict[str, Any]) -> dict[str, Any]:
+    """Write ``index.csv``, ``meta.json`` (and the image folder) from the shards of ``used``; returns the report.
+
+    ``run_info`` holds the run's ``start`` (:func:`time.perf_counter`) and the report's ``reused_images`` and ``failed``.
+    """
+    rows, kept, counts, shard_bytes = _index_rows(out, used, classes)
     weights = class_weights(kept)
     write_csv(out / "index.csv", ["image", "k", "x1", "y1", "x2", "y2", "label", "class_id", "iou", "dx", "dy", "dw", "dh", "pool"], rows)
     if imagefolder:
@@ -394,7 +409,7 @@ def crop_dataset(
         "classes": classes,
         "counts": kept,
         "class_weights": weights,
-        "mining_pool": pooled,  # backgrounds kept aside for hard-negative mining (not in counts)
+        "mining_pool": counts["pool"],  # backgrounds kept aside for hard-negative mining (not in counts)
         "images": [a.id for a in used],
         "split": split,
         "config": asdict(config),
@@ -408,18 +423,40 @@ def crop_dataset(
         "images": len(used),
         "regions": len(rows),
         "kept": kept,
-        "mining_pool": pooled,
-        "ignored": ignored,
-        "background_not_sampled": unsampled,
+        "mining_pool": counts["pool"],
+        "ignored": counts["ignored"],
+        "background_not_sampled": counts["unsampled"],
         "class_weights": weights,
         "bytes": shard_bytes,
-        "seconds": round(time.perf_counter() - start, 2),
-        "reused_images": reused,
-        "failed": failures,
+        "seconds": round(time.perf_counter() - run_info["start"], 2),
+        "reused_images": run_info["reused_images"],
+        "failed": run_info["failed"],
         "config": asdict(config),
     }
     write_json(out / "report.json", report)
     return report
+
+
+def _index_rows(out: Path, used: list[Annotation], classes: list[str]) -> tuple[list[list[Any]], dict[str, int], dict[str, int], int]:
+    """The rows of ``index.csv``, the kept regions per class, the ignored / unsampled / pooled counts and the shards' bytes."""
+    rows = []
+    kept = {c: 0 for c in classes}
+    counts = {"ignored": 0, "unsampled": 0, "pool": 0}
+    shard_bytes = 0
+    for a in used:
+        path = out / "shards" / f"{a.id}.npz"
+        s = load_shard(path)
+        shard_bytes += path.stat().st_size
+        counts["ignored"] += int(s["n_ignored"])
+        counts["unsampled"] += int(s["n_unsampled"])
+        pool = s["pool"] if "pool" in s else np.zeros(len(s["labels"]), bool)
+        counts["pool"] += int(pool.sum())
+        for k in range(len(s["labels"])):
+            label = classes[int(s["labels"][k])]
+            kept[label] += int(not pool[k])  # the mining pool is not part of the training set's counts
+            rows.append([a.id, k, *np.round(s["boxes"][k], 2).tolist(), label, int(s["labels"][k]),
+                         round(float(s["ious"][k]), 4), *np.round(s["targets"][k], 5).tolist(), int(pool[k])])
+    return rows, kept, counts, shard_bytes
 
 
 def _write_imagefolder(out: Path, images: list[Annotation], classes: list[str], codec: str) -> None:

@@ -7,33 +7,48 @@ class probabilities in batches → per-class threshold and NMS → at most
 ``detections.json`` (COCO results format), ``detections.csv`` and optional VOC XML, YOLO
 labels and crops. A video (or camera) is read frame by frame: every ``vid_stride``-th frame is
 scored as an image is, and the annotated video keeps every frame (see :func:`detect_video`).
+
+The jobs live in their own modules: :mod:`rcnn.sources` (inputs and frames), :mod:`rcnn.postprocess`
+(scores to detections), :mod:`rcnn.writers` (the files), :mod:`rcnn.runs` (the run folder's plan and
+parts) and :mod:`rcnn.runner` (resume, shards, Ray); their names are importable from here as before.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
-from lxml import etree
+from tqdm import tqdm
 
-from .boxes import batched_nms, box_iou, clip_boxes, decode, remove_small_boxes
+from . import model as models
 from .errors import DataError
-from .io import (IMAGE_EXTENSIONS, digest, file_digest, find_images, folder_kind, load_rgb, new_output_dir, output_dir,
-                 print_err, read_json, write_atomic, write_csv, write_json, write_text)
+from .export import with_runtime
+from .io import folder_kind, output_dir, print_err
 from .model import LoadedModel
+from .postprocess import select_detections, vote_boxes
 from .propose import ProposalSet, ProposeConfig, selective_search
-from .scale import Shard, import_ray, run_tasks, shard_of
+from .results import Detection, ImageResult, VideoSummary, describe
+from .runner import Stage
+from .runs import PART_FORMAT, PLAN_FORMAT, Part, RunPlan, check_outputs, image_sha, model_key, part_files_exist, read_part, write_part
+from .scale import Shard, import_ray
+from .sources import (DEFAULT_FPS, VIDEO_EXTENSIONS, Frame, Source, VideoStream, camera_source, find_inputs, image_frames,
+                      is_video, load_sources, open_video, output_names)
+from .writers import (PALETTE, VIDEO_CODECS, RunFiles, VideoSink, coco_results, crop_detections, draw_detections, folder_name,
+                      next_run_dir, voc_xml, write_jpeg, write_outputs, yolo_labels)
+
+__all__ = [  # the detection API, as importable from here before it was split by job
+    "DEFAULT_FPS", "PALETTE", "PART_FORMAT", "PLAN_FORMAT", "RUNTIMES", "SCORED_PROPOSALS", "SCORE_THRESHOLDS",
+    "VIDEO_CODECS", "VIDEO_EXTENSIONS", "DetectConfig", "Detection", "ImageResult", "RunFiles", "RunPlan", "VideoSink",
+    "VideoSummary", "camera_source", "check_classes", "check_outputs", "coco_results", "crop_detections", "describe",
+    "detect", "detect_image", "detect_video", "draw_detections", "find_inputs", "folder_name", "merge_detections",
+    "model_key", "model_propose_config", "next_run_dir", "open_video", "output_names", "is_video", "score_regions",
+    "select_detections", "voc_xml", "vote_boxes", "write_jpeg", "write_outputs", "yolo_labels",
+]
 
 
 @dataclass
@@ -112,28 +127,6 @@ def check_classes(names: list[str] | None, classes: list[str]) -> list[str] | No
     return list(names)
 
 
-@dataclass
-class Detection:
-    """One detected object: ``box`` is (x1, y1, x2, y2) in pixels."""
-
-    label: str
-    score: float
-    box: list[float]
-
-
-@dataclass
-class ImageResult:
-    path: str
-    width: int
-    height: int
-    detections: list[Detection] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-    n_proposals: int = 0
-    name: str = ""  # output name (no extension), distinct within a run
-    frame: int | None = None  # a video frame: its 0-based index in the video ...
-    time: float | None = None  # ... and its time in seconds (frame / fps)
-
-
 def model_propose_config(model: LoadedModel) -> ProposeConfig:
     """The selective-search settings the model was trained with."""
     return model.config.propose
@@ -142,49 +135,6 @@ def model_propose_config(model: LoadedModel) -> ProposeConfig:
 def score_regions(model: LoadedModel, image: np.ndarray, boxes: np.ndarray, batch_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``[N, C]`` and box deltas ``[N, C, 4]`` of ``boxes`` in ``image``, as the model was trained."""
     return model.score_boxes(image, boxes, batch_size)
-
-
-def select_detections(boxes: np.ndarray, scores: np.ndarray, classes: list[str], config: DetectConfig,
-                      deltas: np.ndarray | None = None, image_size: tuple[int, int] | None = None) -> list[Detection]:
-    """Threshold the foreground class scores, refine the boxes, apply class-wise NMS, keep the best ``max_detections``.
-
-    Args:
-        boxes (ndarray[N, 4]): proposals; scores (ndarray[N, C]): probabilities, column 0 background.
-        deltas (ndarray[N, C, 4]): class-specific box regression (dx, dy, dw, dh), or None.
-        image_size: (width, height) to clip refined boxes to.
-    """
-    if config.threshold is None:
-        raise ValueError("select_detections needs a threshold: pass DetectConfig.resolved(arch)")
-    fg = scores[:, 1:]
-    wanted = np.ones(fg.shape[1], bool) if config.keep_classes is None else np.isin(classes[1:], config.keep_classes)
-    rows, cols = np.nonzero((fg >= config.threshold) & wanted[None, :])
-    if len(rows) == 0:
-        return []
-    b, s, l = boxes[rows], fg[rows, cols], cols
-    if deltas is not None and config.box_regression:
-        b = decode(b, deltas[rows, cols + 1])
-        if image_size is not None:
-            b = clip_boxes(b, *image_size)
-        ok = remove_small_boxes(b, 1.0)
-        b, s, l = b[ok], s[ok], l[ok]
-    keep = batched_nms(b, s, l, config.nms_iou)[: config.max_detections]
-    kept = vote_boxes(b, s, l, keep, config.vote_iou) if config.vote_iou > 0 else b[keep]
-    return [Detection(classes[int(l[k]) + 1], round(float(s[k]), 5), [round(float(v), 2) for v in kept[i]])
-            for i, k in enumerate(keep)]
-
-
-def vote_boxes(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, keep: np.ndarray, vote_iou: float) -> np.ndarray:
-    """Box voting (Gidaris & Komodakis, 2015): each kept box becomes the score-weighted mean of
-    the same-class candidates that overlap it at IoU >= ``vote_iou`` (itself included).
-
-    Returns:
-        ndarray[len(keep), 4] float32: the refined kept boxes.
-    """
-    if len(keep) == 0:
-        return np.zeros((0, 4), np.float32)
-    iou = box_iou(boxes[keep], boxes)  # (K, M)
-    w = ((iou >= vote_iou) & (labels[keep][:, None] == labels[None, :])) * scores[None, :]  # (K, M)
-    return ((w @ boxes) / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def detect_image(model: LoadedModel, image: np.ndarray, config: DetectConfig, proposals: np.ndarray | None = None) -> tuple[list[Detection], dict[str, float], int]:
@@ -201,354 +151,33 @@ def detect_image(model: LoadedModel, image: np.ndarray, config: DetectConfig, pr
     return dets, {"propose": round(t1 - t0, 3), "score": round(t2 - t1, 3), "total": round(time.perf_counter() - t0, 3)}, len(boxes)
 
 
-# --------------------------------------------------------------------------- outputs
-
-
-def next_run_dir(root: str | Path = "runs/detect", name: str = "predict") -> Path:
-    """Create and return a fresh Ultralytics-style run folder: predict, predict2, predict3, ...
-
-    Creation is atomic, so runs started together never share a folder.
-    """
-    return new_output_dir(root, name, "detect")
-
-
-# one fixed colour per class index (background is never drawn), cycled past seven classes
-PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230)]
-
-
-def draw_detections(image: np.ndarray, dets: list[Detection], classes: list[str]) -> np.ndarray:
-    """A copy of ``image`` (RGB, ``[H, W, 3]`` uint8) with each box and its "name 0.87" label drawn.
-
-    Drawn by :func:`torchvision.utils.draw_bounding_boxes`: one colour per class, a line width
-    that grows with the image (2 px up to 600 px), PIL's built-in font (it has one size).
-    """
-    if not dets:
-        return image.copy()
-    from torchvision.utils import draw_bounding_boxes
-
-    boxes = torch.tensor([d.box for d in dets], dtype=torch.float32).reshape(-1, 4)
-    colors = [PALETTE[(classes.index(d.label) if d.label in classes else 0) % len(PALETTE)] for d in dets]
-    drawn = draw_bounding_boxes(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), boxes,
-                                labels=[f"{d.label} {d.score:.2f}" for d in dets], colors=colors,
-                                width=max(2, round(max(image.shape[:2]) / 300)), fill_labels=True, label_colors="white")
-    return drawn.permute(1, 2, 0).numpy().copy()
-
-
-def voc_xml(result: ImageResult) -> str:
-    """VOC XML of one image's detections (1-based inclusive coordinates), for annotation tools."""
-    root = etree.Element("annotation")
-    etree.SubElement(root, "filename").text = Path(result.path).name
-    etree.SubElement(root, "path").text = result.path
-    size = etree.SubElement(root, "size")
-    for tag, v in (("width", result.width), ("height", result.height), ("depth", 3)):
-        etree.SubElement(size, tag).text = str(v)
-    for d in result.detections:
-        obj = etree.SubElement(root, "object")
-        etree.SubElement(obj, "name").text = d.label
-        etree.SubElement(obj, "score").text = f"{d.score:.4f}"
-        etree.SubElement(obj, "difficult").text = "0"
-        bb = etree.SubElement(obj, "bndbox")
-        x1, y1, x2, y2 = d.box
-        for tag, v in (("xmin", x1 + 1), ("ymin", y1 + 1), ("xmax", x2), ("ymax", y2)):
-            etree.SubElement(bb, tag).text = str(int(round(v)))
-    return etree.tostring(root, pretty_print=True, encoding="unicode")
-
-
-def coco_results(results: list[ImageResult], classes: list[str]) -> list[dict[str, Any]]:
-    """COCO results format: one entry per detection, ``bbox`` = [x, y, width, height].
-
-    ``image_id`` numbers the images (and scored video frames) in order; ``file_name`` names the image
-    (or video) so that ``rcnn evaluate`` can match it to the annotations; ``category_id`` is the 1-based
-    class index. A video frame's entries also carry ``frame`` (0-based index) and ``time`` (seconds).
-    """
-    out = []
-    for i, r in enumerate(results, start=1):
-        for d in r.detections:
-            x1, y1, x2, y2 = d.box
-            rec = {"image_id": i, "file_name": r.path, "category_id": classes.index(d.label), "category": d.label,
-                   "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)], "score": d.score}
-            if r.frame is not None:
-                rec.update(frame=r.frame, time=r.time)
-            out.append(rec)
-    return out
-
-
-def yolo_labels(result: ImageResult, classes: list[str], conf: bool = False) -> str:
-    """YOLO label text of one image's detections: ``class cx cy w h`` a line, the box centre and size
-    divided by the image's width and height, ``class`` 0-based over the object classes (background
-    excluded); ``conf`` adds the score as a sixth column. No detections: empty text (as Ultralytics writes)."""
-    lines = []
-    for d in result.detections:
-        x1, y1, x2, y2 = d.box
-        w, h = result.width, result.height
-        values = [(x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]
-        lines.append(f"{classes.index(d.label) - 1} " + " ".join(f"{v:.6f}" for v in values) + (f" {d.score:.5f}" if conf else ""))
-    return "".join(line + "\n" for line in lines)
-
-
-def crop_detections(image: np.ndarray, dets: list[Detection]) -> list[np.ndarray]:
-    """The pixels of each detection's box (rounded outwards, clipped to the image, at least 1 px), RGB copies."""
-    h, w = image.shape[:2]
-    crops = []
-    for d in dets:
-        x1, y1 = (min(max(int(np.floor(v)), 0), m - 1) for v, m in zip(d.box[:2], (w, h)))
-        x2, y2 = (min(max(int(np.ceil(v)), lo + 1), m) for v, lo, m in zip(d.box[2:], (x1, y1), (w, h)))
-        crops.append(image[y1:y2, x1:x2].copy())
-    return crops
-
-
-def folder_name(label: str) -> str:
-    """A class name as one safe folder name (path separators and control characters become ``_``)."""
-    name = re.sub(r"[^\w\-. ]", "_", label).strip() or "_"
-    return "_" if set(name) <= {"."} else name
-
-
-def write_jpeg(path: Path, rgb: np.ndarray, quality: int = 90) -> None:
-    """An RGB image as JPEG, atomically."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise DataError(f"cannot encode {path} as JPEG")
-    write_atomic(path, lambda p: p.write_bytes(buf.tobytes()))
-
-
-@dataclass
-class RunFiles:
-    """The files a run writes for each image (or scored video frame) besides its annotated picture:
-    ``labels/<name>.xml`` (VOC), ``labels/<name>.txt`` (YOLO) and ``crops/<class>/<name>_<k>.jpg``."""
-
-    run: Path
-    classes: list[str]
-    save_xml: bool = False
-    save_txt: bool = False
-    save_conf: bool = False  # with save_txt: the score as sixth column
-    save_crop: bool = False
-
-    def write(self, result: ImageResult, image: np.ndarray) -> None:
-        if self.save_xml:
-            write_text(self.run / "labels" / f"{result.name}.xml", voc_xml(result))
-        if self.save_txt:
-            write_text(self.run / "labels" / f"{result.name}.txt", yolo_labels(result, self.classes, self.save_conf))
-        if self.save_crop:
-            for k, (d, crop) in enumerate(zip(result.detections, crop_detections(image, result.detections)), start=1):
-                write_jpeg(self.run / "crops" / folder_name(d.label) / f"{result.name}_{k}.jpg", crop)
-
-
-def write_outputs(run: Path, results: list[ImageResult], classes: list[str], arch: str, config: DetectConfig,
-                  failures: list[str], videos: list[dict[str, Any]]) -> None:
-    """``detections.json``, ``detections.csv`` and ``summary.json`` of a run; ``config.propose`` is set."""
-    write_json(run / "detections.json", coco_results(results, classes))
-    write_csv(run / "detections.csv", ["image", "label", "score", "x1", "y1", "x2", "y2", "frame", "time"],
-              ([r.path, d.label, d.score, *d.box, "" if r.frame is None else r.frame, "" if r.time is None else r.time]
-               for r in results for d in r.detections))
-    times = [r.seconds["total"] for r in results]
-    write_json(run / "summary.json", {
-        "format": "rcnn-detect-summary-v1",
-        "images": len(results),
-        "detections": sum(len(r.detections) for r in results),
-        "seconds_per_image": round(float(np.mean(times)), 3) if times else None,
-        "failed": failures,
-        "config": {**asdict(replace(config.resolved(arch), propose=None)), "propose": asdict(config.propose)},
-        "videos": videos,
-        "per_image": [{"image": r.path, "output": r.name, "detections": len(r.detections), "proposals": r.n_proposals,
-                       "seconds": r.seconds, **({"frame": r.frame, "time": r.time} if r.frame is not None else {})}
-                      for r in results],
-    })
-
-
-# --------------------------------------------------------------------------- videos
-
-# Files recognised as videos by their extension; OpenCV's VideoCapture (FFmpeg) reads them.
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
-                    ".ts", ".mts", ".m2ts", ".ogv", ".asf")
-VIDEO_CODECS = ((".mp4", "mp4v"), (".avi", "MJPG"))  # the annotated video: mp4v in .mp4, else MJPG in .avi
-DEFAULT_FPS = 30.0  # for a source that does not say (most cameras)
-
-
-def is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS
-
-
-def camera_source(source: str) -> int | str:
-    """``--source``: a camera index ("0") as an int, anything else (a stream URL, a file) as is."""
-    return int(source) if source.strip().isdigit() else source
-
-
-def open_video(source: Path | int | str) -> tuple[cv2.VideoCapture, float, int]:
-    """Open a video file, camera index or stream: (capture, frames per second, frame count or 0 if unknown).
+def plan_config(config: dict[str, Any]) -> DetectConfig:
+    """The settings a run plan records (``asdict`` of a DetectConfig) as a DetectConfig.
 
     Raises:
-        DataError: it does not exist or OpenCV cannot open it.
+        TypeError, ValueError: they are not the fields of one, or invalid.
     """
-    if isinstance(source, Path) and not source.is_file():
-        raise DataError(f"video not found: {source}")
-    cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
-    if not cap.isOpened():
-        cap.release()
-        if isinstance(source, int):
-            raise DataError(f"cannot open camera {source}: there is no such device, or OpenCV cannot read it")
-        raise DataError(f"cannot read video {source}: OpenCV cannot open it (not a video, or a codec this OpenCV lacks)")
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    fps = float(fps) if np.isfinite(fps) and 0 < fps <= 1000 else DEFAULT_FPS
-    return cap, fps, max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
+    c = dict(config)
+    return DetectConfig(**{**c, "propose": ProposeConfig(**c["propose"]) if c.get("propose") else None})
 
 
-class VideoSink:
-    """Frames → ``RUN/<name>.mp4`` (mp4v), or ``.avi`` (MJPG) where OpenCV cannot write mp4, written under a
-    temporary name in the run folder and renamed into place only when complete."""
-
-    def __init__(self, run: Path, name: str, fps: float, size: tuple[int, int]) -> None:
-        for ext, fourcc in VIDEO_CODECS:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp" + ext, dir=run)
-            os.close(fd)
-            writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*fourcc), fps, size)
-            if writer.isOpened():
-                self.writer, self.tmp, self.path, self.size = writer, Path(tmp), run / f"{name}{ext}", size
-                return
-            writer.release()
-            os.unlink(tmp)
-        raise DataError(f"OpenCV cannot write a video into {run} (tried {', '.join(c for _, c in VIDEO_CODECS)})")
-
-    def write(self, rgb: np.ndarray) -> None:
-        if (rgb.shape[1], rgb.shape[0]) != self.size:  # a stream that changes size: the video keeps its first
-            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
-        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-    def close(self, keep: bool) -> Path | None:
-        self.writer.release()
-        if not keep:
-            self.tmp.unlink(missing_ok=True)
-            return None
-        os.chmod(self.tmp, 0o666 & ~_umask())
-        os.replace(self.tmp, self.path)
-        return self.path
+def summary_settings(config: DetectConfig, arch: str) -> dict[str, Any]:
+    """The settings that ran, as ``summary.json`` records them (per-architecture defaults made concrete)."""
+    return {**asdict(replace(config.resolved(arch), propose=None)), "propose": asdict(config.propose)}
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def score_frame(model: LoadedModel, frame: Frame, config: DetectConfig, files: RunFiles, path: str, name: str,
+                proposals: np.ndarray | None = None) -> ImageResult:
+    """Detect the objects of one image or video frame and write its files (labels, crops; not the picture)."""
+    dets, secs, n = detect_image(model, frame.rgb, config, proposals)
+    r = ImageResult(path, frame.rgb.shape[1], frame.rgb.shape[0], dets, secs, n, name, frame.index, frame.time)
+    files.write(r, frame.rgb)
+    return r
 
 
-def detect_video(model: LoadedModel, source: Path | int | str, name: str, run: Path, config: DetectConfig,
-                 files: RunFiles, save_images: bool = True) -> tuple[list[ImageResult], dict[str, Any]]:
-    """Detect objects in the frames of a video file, camera or stream; write ``RUN/<name>.mp4`` and each
-    scored frame's files (named ``<name>_<frame>``).
-
-    Frames 0, ``vid_stride``, 2 ``vid_stride``, ... are scored (selective search with the model's settings,
-    then the network); every frame read is written to the annotated video, with the latest scored frame's
-    detections drawn. A camera stops at ``max_frames`` or on Ctrl-C, and keeps what it recorded.
-
-    Returns:
-        (one ImageResult per scored frame, the video's summary: source, output, frames, scored, fps, seconds).
-
-    Raises:
-        DataError: the source cannot be opened or has no readable frame.
-    """
-    from tqdm import tqdm
-
-    cap, fps, total = open_video(source)
-    label = f"camera {source}" if isinstance(source, int) else str(source)
-    path = str(source.resolve()) if isinstance(source, Path) else label
-    limit = config.max_frames or None
-    bar = tqdm(total=min(total, limit or total) or None, desc=Path(label).name, unit="frame", disable=None)
-    results: list[ImageResult] = []
-    sink: VideoSink | None = None
-    dets: list[Detection] = []
-    n, t0 = 0, time.perf_counter()
-    try:
-        while limit is None or n < limit:
-            try:
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                if n % config.vid_stride == 0:
-                    dets, secs, k = detect_image(model, rgb, config)
-                    r = ImageResult(path, rgb.shape[1], rgb.shape[0], dets, secs, k, f"{name}_{n}", n, round(n / fps, 4))
-                    results.append(r)
-                    files.write(r, rgb)
-                if save_images:
-                    sink = sink or VideoSink(run, name, fps, (rgb.shape[1], rgb.shape[0]))
-                    sink.write(draw_detections(rgb, [d for d in dets if d.score >= config.draw_threshold], model.classes))
-            except KeyboardInterrupt:
-                if not isinstance(source, int):
-                    raise
-                break  # a camera: Ctrl-C ends the recording, which is kept
-            n += 1
-            bar.update(1)
-    except BaseException:
-        if sink is not None:
-            sink.close(keep=False)
-        raise
-    finally:
-        cap.release()
-        bar.close()
-    if n == 0:
-        if sink is not None:
-            sink.close(keep=False)
-        raise DataError(f"video {label} has no readable frames")
-    out = sink.close(keep=True) if sink is not None else None
-    return results, {"video": path, "output": out.name if out else None, "frames": n, "scored": len(results),
-                     "vid_stride": config.vid_stride, "fps": round(fps, 3), "seconds": round(time.perf_counter() - t0, 2)}
-
-
-# --------------------------------------------------------------------------- a run
-
-
-def _file_id(path: Path) -> tuple[int, int]:
-    """(device, inode): equal for two paths of one file, whatever links or spellings lead to it."""
-    st = path.stat()
-    return st.st_dev, st.st_ino
-
-
-def output_names(paths: list[Path]) -> list[str]:
-    """A distinct output name (no extension) for every input image: its stem, or ``stem_2``, ``stem_3``, ...
-    when several inputs share a stem (``a/x.jpg``, ``a/x.png``, ``b/x.jpg``)."""
-    stems = {p.stem for p in paths}
-    names: list[str] = []
-    for p in paths:
-        name, k = p.stem, 1
-        while name in names or (k > 1 and name in stems):
-            k += 1
-            name = f"{p.stem}_{k}"
-        names.append(name)
-    return names
-
-
-def find_inputs(inputs: list[str]) -> list[Path]:
-    """Images and videos of ``inputs`` (files, folders searched recursively, globs), in order.
-
-    Raises:
-        DataError: an input matches nothing.
-    """
-    return find_images(inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
-
-
-def check_outputs(run: Path, paths: list[Path], names: list[str], save_images: bool, files: RunFiles) -> None:
-    """Refuse a run whose outputs would replace one of its inputs (annotated images and videos, labels, crops).
-
-    Raises:
-        DataError: naming the output and the input.
-    """
-    planned = [run / n for n in ("detections.json", "detections.csv", "summary.json")]
-    for p, n in zip(paths, names):
-        if is_video(p):
-            planned += [run / f"{n}{ext}" for ext, _ in VIDEO_CODECS] if save_images else []
-        else:
-            planned += [run / f"{n}.jpg"] if save_images else []
-            planned += [run / "labels" / f"{n}.xml"] if files.save_xml else []
-            planned += [run / "labels" / f"{n}.txt"] if files.save_txt else []
-    inputs = {_file_id(p): p for p in paths}  # one stat per input and per output, not one per pair
-    for out in planned:
-        if out.exists() and _file_id(out) in inputs:
-            raise DataError(f"output {out} would replace the input image {inputs[_file_id(out)]}; choose another --out")
-    # frames' labels and every crop have names known only as they are written: no input may lie where they go
-    written = [run / "crops"] if files.save_crop else []
-    written += [run / "labels"] if (files.save_xml or files.save_txt) and any(map(is_video, paths)) else []
-    for folder in (w.resolve() for w in written):
-        for p in paths:
-            if p.resolve().is_relative_to(folder):
-                raise DataError(f"the input {p} lies in {folder}, where this run writes; choose another --out")
+def annotate(model: LoadedModel, rgb: np.ndarray, dets: list[Detection], config: DetectConfig) -> np.ndarray:
+    """``rgb`` with the detections scoring at least ``draw_threshold`` drawn."""
+    return draw_detections(rgb, [d for d in dets if d.score >= config.draw_threshold], model.classes)
 
 
 def detect(model: LoadedModel, inputs: list[str] | list[Path], run: str | Path, config: DetectConfig | None = None,
@@ -599,14 +228,14 @@ def detect(model: LoadedModel, inputs: list[str] | list[Path], run: str | Path, 
     config = replace(config, propose=config.propose or model_propose_config(model))
     run = output_dir(run, "detect")
     stream = camera_source(source) if source is not None else None
-    names = output_names([*paths, *([Path(f"camera{stream}" if isinstance(stream, int) else "stream")] if source is not None else [])])
+    names = [s.name for s in load_sources(paths, stream)]
     files = RunFiles(run, model.classes, save_xml, save_txt, save_conf, save_crop)
     check_outputs(run, paths, names, save_images, files)
     plan = RunPlan(model_key(model), str(model.folder.resolve()) if model.folder else None,
                    [str(p.resolve()) for p in paths], names, asdict(config), save_images, save_xml, save_txt, save_conf,
                    save_crop, str(Path(proposals).resolve()) if proposals else None, model.classes, model.arch)
     if source is None and not any(map(is_video, paths)):
-        plan.save(run, replace_other=shard is None)
+        plan.save(run, replace_other=shard is None, check=plan_config)
     return _run_plan(plan, run, lambda: model, echo, warn, shard, ray, stream)
 
 
@@ -623,14 +252,12 @@ def merge_detections(run: str | Path, echo: Callable[[str], Any] = print, warn: 
     run = Path(run)
     if folder_kind(run) != "detect":
         raise DataError(f"--merge {run} is not a detection run folder")
-    plan = RunPlan.load(run)
+    plan = RunPlan.load(run, plan_config)
 
     def load() -> LoadedModel:
-        from .model import load_model
-
         if plan.model is None:
             raise DataError(f"images of {run} are missing and its model was built in memory; run `rcnn detect` again")
-        model = load_model(plan.model, plan.config["device"])
+        model = models.load_model(plan.model, plan.config["device"])
         if model_key(model) != plan.model_key:
             raise DataError(f"the model in {plan.model} changed since the shards of {run} ran; run them again")
         return model
@@ -641,92 +268,29 @@ def merge_detections(run: str | Path, echo: Callable[[str], Any] = print, warn: 
 def _run_plan(plan: RunPlan, run: Path, get_model: Callable[[], LoadedModel], echo: Callable[[str], Any],
               warn: Callable[[str], Any], shard: Shard | None, ray: str | None, stream: int | str | None) -> list[ImageResult]:
     """Detect what ``run`` lacks of ``plan`` (shard ``shard`` of its images, or all) and, without a shard, write the outputs."""
-    from tqdm import tqdm
-
-    config = plan.detect_config()
-    paths = [Path(p) for p in plan.inputs]
-    images = [(i, p, n) for i, (p, n) in enumerate(zip(paths, plan.names)) if not is_video(p)]
-    parts: dict[int, dict[str, Any]] = {}
-    todo: list[tuple[int, Path, str]] = []
-    for i, p, name in shard_of(images, shard, key=lambda x: str(x[1])):
-        part = read_part(run, name)
-        if part is not None and part.get("key") == plan.key(i, name, _image_sha(p)) and _part_files_exist(run, plan, part):
-            parts[i] = part
-        else:
-            todo.append((i, p, name))
+    config = plan_config(plan.config)
+    targets: list[Path | int | str] = [*map(Path, plan.inputs), *([stream] if stream is not None else [])]
+    sources = [Source(t, n) for t, n in zip(targets, plan.names)]
+    job = _ImageParts(plan, run, echo, warn)
+    todo = job.stage().plan([ImageTask(i, s.target, s.name) for i, s in enumerate(sources) if s.is_image],
+                            shard, key=lambda t: str(t.path)).todo
     if todo:
-        echo(f"{len(todo)} images to detect" + (f" ({len(parts)} done earlier)" if parts else ""))
-    model = get_model() if todo or len(images) < len(paths) or stream is not None else None
+        echo(f"{len(todo)} images to detect" + (f" ({len(job.parts)} done earlier)" if job.parts else ""))
+    model = get_model() if todo or not all(s.is_image for s in sources) else None
     if model is not None and config.runtime != "torch":
-        from .export import with_runtime
-
         model, runtime = with_runtime(model, config.runtime)
         config = replace(config, runtime=runtime)  # the summary records the one that ran
     t_start = time.perf_counter()
     if todo:
         assert model is not None
-        pset = ProposalSet.load(plan.proposals) if plan.proposals else None
-        files = plan.files(run)
-        if ray is not None and model.device.type != "cpu":
-            model = replace(model, net=model.net.cpu(), device=torch.device("cpu"))  # Ray tasks ask for CPUs
-
-        def collect(item: tuple[int, Path, str], part: dict[str, Any]) -> None:
-            i, p, name = item
-            part = {**part, "key": plan.key(i, name, part.pop("image_sha1"))}
-            write_json(run / "parts" / f"{name}.json", part)  # last: a part means the image's files are written
-            parts[i] = part
-            if part["error"]:
-                warn(f"error: {part['error']}; skipped")
-            else:
-                r = result_of(part)
-                echo(f"{p.name}: {describe(r.detections)} ({r.n_proposals} proposals, {r.seconds['total']:.2f} s)")
-
-        def lost(item: tuple[int, Path, str], err: str) -> None:  # a Ray task that kept failing
-            collect(item, {"format": PART_FORMAT, "index": item[0], "image_sha1": "", "result": None,
-                           "error": f"{item[1]}: {err}"})
-
-        bar = tqdm(total=len(todo), desc="detect", unit="img", disable=None) if ray is not None else None
-        try:
-            run_tasks(_detect_task, (model, config, pset, files, plan.save_images), todo, collect, ray=ray,
-                      on_error=lost, bar=bar)
-        finally:
-            if bar is not None:
-                bar.close()
+        job.run(model, config, todo, ray)
     if shard is not None:
-        mine = [parts[i] for i in sorted(parts)]
-        ok = [result_of(p) for p in mine if not p["error"]]
-        echo(f"shard {shard[0]}/{shard[1]}: {len(mine)} images, {sum(len(r.detections) for r in ok)} detections, "
-             f"{len(mine) - len(ok)} skipped; `rcnn detect --merge {run}` writes detections.json once every shard is done")
-        return ok
-
-    # every input in order: the parts of images, videos detected now
-    results: list[ImageResult] = []
-    failures: list[str] = []
-    videos: list[dict[str, Any]] = []
-    files = plan.files(run)
-    sources: list[Path | int | str] = [*paths, *([stream] if stream is not None else [])]
-    for i, (src, name) in enumerate(zip(sources, plan.names)):
-        if isinstance(src, Path) and not is_video(src):
-            part = parts[i]
-            if part["error"]:
-                failures.append(part["error"])
-            else:
-                results.append(result_of(part))
-            continue
-        assert model is not None
-        try:
-            frames, info = detect_video(model, src, name, run, config, files, plan.save_images)
-        except DataError as e:
-            failures.append(str(e))
-            warn(f"error: {e}; skipped")
-            continue
-        results += frames
-        videos.append(info)
-        echo(f"{Path(str(src)).name}: {info['frames']} frames, {info['scored']} scored, "
-             f"{describe(d for r in frames for d in r.detections)} ({info['seconds']:.1f} s)")
+        return job.shard_summary(shard)
+    results, failures, videos = job.results(sources, lambda s: detect_video(model, s.target, s.name, run, config,
+                                                                          plan.files(run), plan.save_images))
     if not results and not videos:
         raise DataError(f"none of the {len(sources)} inputs could be read (first error: {failures[0]})")
-    write_outputs(run, results, plan.model_classes, plan.arch, config, failures, videos)
+    write_outputs(run, results, plan.model_classes, summary_settings(config, plan.arch), failures, videos)
     total = time.perf_counter() - t_start
     n_det = sum(len(r.detections) for r in results)
     echo(f"{len(results)} images{' and video frames' if videos else ''}, {n_det} detections, "
@@ -735,138 +299,150 @@ def _run_plan(plan: RunPlan, run: Path, get_model: Callable[[], LoadedModel], ec
     return results
 
 
-# --------------------------------------------------------------------------- per-image parts of a run
+@dataclass
+class ImageTask:
+    """One image of a run to detect: its index among the run's inputs, its file and its output name."""
 
-PLAN_FORMAT = "rcnn-detect-plan-v1"
-PART_FORMAT = "rcnn-detect-part-v1"
+    index: int
+    path: Path
+    name: str
 
 
 @dataclass
-class RunPlan:
-    """What a detection run is: its model, settings and inputs (``parts/plan.json``), so that shards can
-    check they run the same thing and ``--merge`` can finish it. ``config`` is ``asdict(DetectConfig)``."""
+class _ImageParts:
+    """The images of one run as a :class:`rcnn.runner.Stage`: a part per image, reused while its key holds."""
 
-    model_key: str
-    model: str | None  # the model folder, resolved (None: built in memory)
-    inputs: list[str]  # resolved paths, in input order
-    names: list[str]  # output names, one per input
-    config: dict[str, Any]
-    save_images: bool
-    save_xml: bool
-    save_txt: bool
-    save_conf: bool
-    save_crop: bool
-    proposals: str | None
-    model_classes: list[str]
-    arch: str
+    plan: RunPlan
+    folder: Path  # the run folder
+    echo: Callable[[str], Any]
+    warn: Callable[[str], Any]
+    parts: dict[int, Part] = field(default_factory=dict)  # input index -> its part, reused or made now
 
-    def digest(self) -> str:
-        """Everything an image's outputs depend on, but the image: a part is reused only under this key."""
-        return digest(PLAN_FORMAT, {k: v for k, v in asdict(self).items() if k not in ("inputs", "names")})
+    def stage(self) -> Stage[ImageTask]:
+        return Stage("detect", _detect_task, self.collect, self.lost, self.valid)
 
-    def key(self, index: int, name: str, image_sha1: str) -> str:
-        return digest(self.digest(), self.inputs[index], index, name, image_sha1)
-
-    def detect_config(self) -> DetectConfig:
-        c = dict(self.config)
-        return DetectConfig(**{**c, "propose": ProposeConfig(**c["propose"]) if c.get("propose") else None})
-
-    def files(self, run: Path) -> RunFiles:
-        return RunFiles(run, self.model_classes, self.save_xml, self.save_txt, self.save_conf, self.save_crop)
-
-    def save(self, run: Path, replace_other: bool) -> None:
-        """Write ``run/parts/plan.json``; unless ``replace_other``, refuse a run folder that holds another plan.
-
-        Raises:
-            DataError: ``run`` holds shards of another model, settings or inputs.
-        """
-        path = run / "parts" / "plan.json"
-        if not replace_other and path.exists():
-            try:
-                old = RunPlan.load(run)
-            except DataError:
-                old = None
-            if old is not None and (old.digest(), old.inputs, old.names) != (self.digest(), self.inputs, self.names):
-                raise DataError(f"{run} holds detection shards of another model, settings or inputs; "
-                                "choose another --out (or run without --shard to replace them)")
-        write_json(path, {"format": PLAN_FORMAT, **asdict(self)})
-
-    @classmethod
-    def load(cls, run: Path) -> RunPlan:
-        path = run / "parts" / "plan.json"
-        if not path.is_file():
-            raise DataError(f"{run} holds no detection shards (no {path}); run `rcnn detect --shard K/N --out {run}` first")
-        d = read_json(path, "detection plan")
-        try:
-            if d.pop("format") != PLAN_FORMAT:
-                raise ValueError("unknown format")
-            plan = cls(**d)
-            plan.detect_config()
-        except (AttributeError, KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{path} is not a detection plan written by this rcnn ({e})") from None
-        return plan
-
-
-def model_key(model: LoadedModel) -> str:
-    """The identity of a model: its folder's config and weights, or (built in memory) this very object."""
-    if model.folder is None:
-        return f"memory-{id(model)}-{time.time()}"
-    return digest([file_digest(f) for f in sorted(model.folder.glob("*")) if f.suffix in (".json", ".pt") and f.is_file()])
-
-
-def _image_sha(path: Path) -> str:
-    try:
-        return file_digest(path)
-    except DataError:
-        return ""  # unreadable: detected (and reported) as a failure
-
-
-def read_part(run: Path, name: str) -> dict[str, Any] | None:
-    """``run/parts/<name>.json``, or None when missing or unreadable."""
-    try:
-        d = json.loads((run / "parts" / f"{name}.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) and d.get("format") == PART_FORMAT else None
-
-
-def _part_files_exist(run: Path, plan: RunPlan, part: dict[str, Any]) -> bool:
-    """Whether the per-image files of a finished part are still there (a part whose files were deleted is redone)."""
-    if part.get("error"):
+    def valid(self, t: ImageTask) -> bool:
+        """Whether ``parts/<name>.json`` holds this image's result under the plan's key, its files still there."""
+        part = read_part(self.folder, t.name)
+        if part is None or part.key != self.plan.key(t.index, t.name, image_sha(t.path)) or not part_files_exist(self.folder, self.plan, part):
+            return False
+        self.parts[t.index] = part
         return True
-    r = result_of(part)
-    wanted = [run / f"{r.name}.jpg"] if plan.save_images else []
-    wanted += [run / "labels" / f"{r.name}.xml"] if plan.save_xml else []
-    wanted += [run / "labels" / f"{r.name}.txt"] if plan.save_txt else []
-    wanted += [run / "crops" / folder_name(d.label) / f"{r.name}_{k}.jpg" for k, d in enumerate(r.detections, 1)] if plan.save_crop else []
-    return all(w.is_file() for w in wanted)
+
+    def run(self, model: LoadedModel, config: DetectConfig, todo: list[ImageTask], ray: str | None) -> None:
+        pset = ProposalSet.load(self.plan.proposals) if self.plan.proposals else None
+        if ray is not None and model.device.type != "cpu":
+            model = replace(model, net=model.net.cpu(), device=torch.device("cpu"))  # Ray tasks ask for CPUs
+        shared = (model, config, pset, self.plan.files(self.folder), self.plan.save_images)
+        self.stage().run(shared, todo, ray=ray, progress=ray is not None)  # without Ray: a line per image instead
+
+    def collect(self, t: ImageTask, part: Part) -> None:
+        part.key = self.plan.key(t.index, t.name, part.image_sha1)
+        write_part(self.folder, t.name, part)  # last: a part means the image's files are written
+        self.parts[t.index] = part
+        if part.error or part.result is None:
+            self.warn(f"error: {part.error}; skipped")
+        else:
+            r = part.result
+            self.echo(f"{t.path.name}: {describe(r.detections)} ({r.n_proposals} proposals, {r.seconds['total']:.2f} s)")
+
+    def lost(self, t: ImageTask, err: str) -> None:  # a Ray task that kept failing
+        self.collect(t, Part(t.index, "", None, f"{t.path}: {err}"))
+
+    def shard_summary(self, shard: Shard) -> list[ImageResult]:
+        """The results of this shard's images (a line says so); the outputs are ``--merge``'s to write."""
+        mine = [self.parts[i] for i in sorted(self.parts)]
+        ok = [p.result for p in mine if not p.error and p.result is not None]
+        self.echo(f"shard {shard[0]}/{shard[1]}: {len(mine)} images, {sum(len(r.detections) for r in ok)} detections, "
+                  f"{len(mine) - len(ok)} skipped; `rcnn detect --merge {self.folder}` writes detections.json once every shard is done")
+        return ok
+
+    def results(self, sources: list[Source], video: Callable[[Source], tuple[list[ImageResult], VideoSummary]]
+                ) -> tuple[list[ImageResult], list[str], list[VideoSummary]]:
+        """Every input in order: the parts of images, the videos detected now by ``video``; and the failures."""
+        results: list[ImageResult] = []
+        failures: list[str] = []
+        videos: list[VideoSummary] = []
+        for i, src in enumerate(sources):
+            if src.is_image:
+                part = self.parts[i]
+                results += [part.result] if part.result is not None and not part.error else []
+                failures += [part.error] if part.error else []
+                continue
+            try:
+                frames, info = video(src)
+            except DataError as e:
+                failures.append(str(e))
+                self.warn(f"error: {e}; skipped")
+                continue
+            results += frames
+            videos.append(info)
+            self.echo(f"{Path(str(src.target)).name}: {info.frames} frames, {info.scored} scored, "
+                      f"{describe(d for r in frames for d in r.detections)} ({info.seconds:.1f} s)")
+        return results, failures, videos
 
 
-def result_of(part: dict[str, Any]) -> ImageResult:
-    d = dict(part["result"])
-    return ImageResult(**{**d, "detections": [Detection(**x) for x in d["detections"]]})
-
-
-def _detect_task(shared: tuple[LoadedModel, DetectConfig, ProposalSet | None, RunFiles, bool],
-                 item: tuple[int, Path, str]) -> dict[str, Any]:
+def _detect_task(shared: tuple[LoadedModel, DetectConfig, ProposalSet | None, RunFiles, bool], task: ImageTask) -> Part:
     """Detect one image and write its files (annotated image, labels, crops); returns its part (without key)."""
     model, config, pset, files, save_images = shared
-    index, src, name = item
-    part: dict[str, Any] = {"format": PART_FORMAT, "index": index, "image_sha1": _image_sha(src), "result": None, "error": None}
+    part = Part(task.index, image_sha(task.path))
     try:
-        image = load_rgb(src)
-        boxes = pset.find(src) if pset is not None else None
+        frame = next(image_frames(task.path))
+        boxes = pset.find(task.path) if pset is not None else None
     except DataError as e:
-        return {**part, "error": str(e)}
-    dets, secs, n = detect_image(model, image, config, boxes)
-    r = ImageResult(str(src.resolve()), image.shape[1], image.shape[0], dets, secs, n, name)
+        part.error = str(e)
+        return part
+    part.result = score_frame(model, frame, config, files, str(task.path.resolve()), task.name, boxes)
     if save_images:
-        write_jpeg(files.run / f"{name}.jpg", draw_detections(image, [d for d in dets if d.score >= config.draw_threshold], model.classes))
-    files.write(r, image)
-    return {**part, "result": asdict(r)}
+        write_jpeg(files.run / f"{task.name}.jpg", annotate(model, frame.rgb, part.result.detections, config))
+    return part
 
 
-def describe(dets: Any) -> str:
-    """"disc 2, square 1" (or "no detections") of some detections."""
-    counts = Counter(d.label for d in dets)
-    return ", ".join(f"{k} {c}" for k, c in counts.items()) or "no detections"
+def detect_video(model: LoadedModel, source: Path | int | str, name: str, run: Path, config: DetectConfig,
+                 files: RunFiles, save_images: bool = True) -> tuple[list[ImageResult], VideoSummary]:
+    """Detect objects in the frames of a video file, camera or stream; write ``RUN/<name>.mp4`` and each
+    scored frame's files (named ``<name>_<frame>``).
+
+    Frames 0, ``vid_stride``, 2 ``vid_stride``, ... are scored (selective search with the model's settings,
+    then the network); every frame read is written to the annotated video, with the latest scored frame's
+    detections drawn. A camera stops at ``max_frames`` or on Ctrl-C, and keeps what it recorded.
+
+    Returns:
+        (one ImageResult per scored frame, the video's summary: source, output, frames, scored, fps, seconds).
+
+    Raises:
+        DataError: the source cannot be opened or has no readable frame.
+    """
+    src, t0 = Source(source, name), time.perf_counter()
+    results: list[ImageResult] = []
+    sinks: list[VideoSink] = []  # the annotated video, opened at the first frame (its size)
+    dets: list[Detection] = []
+    n = 0
+    with VideoStream(source) as video:
+        limit = config.max_frames or None
+        bar = tqdm(total=min(video.total, limit or video.total) or None, desc=Path(src.label).name, unit="frame", disable=None)
+        try:
+            try:
+                for frame in video.frames(limit):
+                    if n % config.vid_stride == 0:
+                        results.append(score_frame(model, frame, config, files, src.path, f"{name}_{n}"))
+                        dets = results[-1].detections
+                    if save_images:
+                        sinks = sinks or [VideoSink(run, name, video.fps, (frame.rgb.shape[1], frame.rgb.shape[0]))]
+                        sinks[0].write(annotate(model, frame.rgb, dets, config))
+                    n += 1
+                    bar.update(1)
+            except KeyboardInterrupt:  # a camera: Ctrl-C ends the recording, which is kept
+                if not isinstance(source, int):
+                    raise
+            if n == 0:
+                raise DataError(f"video {src.label} has no readable frames")
+        except BaseException:
+            for sink in sinks:
+                sink.close(keep=False)
+            raise
+        finally:
+            bar.close()
+    out = sinks[0].close(keep=True) if sinks else None
+    return results, VideoSummary(src.path, out.name if out else None, n, len(results), config.vid_stride,
+                                 round(video.fps, 3), round(time.perf_counter() - t0, 2))

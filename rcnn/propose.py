@@ -28,9 +28,13 @@ import numpy as np
 from .errors import DataError, MissingDependencyError
 from .io import file_digest, load_rgb, output_dir, print_err, read_json, save_npy, write_json
 from .parse import Annotation, Dataset
-from .scale import Shard, import_ray, run_tasks, shard_name, shard_of
+from .runner import Outcome, Stage
+from .scale import Shard, import_ray, shard_name, shard_of
 
-MODES = ("fast", "quality")
+# --mode: OpenCV's selective-search strategy of each mode (fast: one colour space and two similarity
+# mixes; quality: more of both, several times slower)
+STRATEGIES = {"fast": "switchToSelectiveSearchFast", "quality": "switchToSelectiveSearchQuality"}
+MODES = tuple(STRATEGIES)
 
 
 @dataclass
@@ -107,10 +111,7 @@ def selective_search(image: np.ndarray, config: ProposeConfig | None = None) -> 
         image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     ss = xip.segmentation.createSelectiveSearchSegmentation()
     ss.setBaseImage(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if config.mode == "fast":
-        ss.switchToSelectiveSearchFast(config.base_k, config.inc_k, config.sigma)
-    else:
-        ss.switchToSelectiveSearchQuality(config.base_k, config.inc_k, config.sigma)
+    getattr(ss, STRATEGIES[config.mode])(config.base_k, config.inc_k, config.sigma)
     _seed_libc(config.seed)
     rects = ss.process()
     if rects is None or len(rects) == 0:
@@ -210,17 +211,17 @@ def check_proposals(pset: ProposalSet, images: list[Annotation], split: str) -> 
     return image_sha
 
 
-def _propose_worker(path: str, config: ProposeConfig) -> tuple[np.ndarray | None, float, str]:
-    """Proposals of one image, seconds, and the error of an image that cannot be read ("" when none)."""
+def _propose_worker(path: str, config: ProposeConfig) -> Outcome[np.ndarray]:
+    """Proposals of one image (ndarray[N, 4] float32) and the seconds they took, or the error of an image that cannot be read."""
     t = time.perf_counter()
     try:
         boxes = selective_search(load_rgb(path), config)
     except DataError as e:
-        return None, time.perf_counter() - t, str(e)
-    return boxes, time.perf_counter() - t, ""
+        return Outcome(None, str(e), time.perf_counter() - t)
+    return Outcome(boxes, "", time.perf_counter() - t)
 
 
-def _propose_task(config: ProposeConfig, image: Annotation) -> tuple[np.ndarray | None, float, str]:
+def _propose_task(config: ProposeConfig, image: Annotation) -> Outcome[np.ndarray]:
     return _propose_worker(image.path, config)
 
 
@@ -235,6 +236,8 @@ def recall(gt: list[np.ndarray], proposals: list[np.ndarray], threshold: float, 
     Returns:
         (covered, total) counts.
     """
+    # imported here, not above: rcnn.boxes imports torch, whose import starts a thread, and the processes that
+    # run selective search (pool and Ray children) must have no thread that could call libc rand() meanwhile
     from .boxes import box_iou
 
     covered = total = 0
@@ -305,8 +308,6 @@ def propose_dataset(
     Returns:
         The report: ``recall50``, ``recall70``, ``proposals_per_image``, ``seconds`` and more.
     """
-    from tqdm import tqdm
-
     config = config or ProposeConfig()
     _ximgproc()  # fail early, with the fix, when the contrib build is missing
     if ray is not None:
@@ -315,9 +316,51 @@ def propose_dataset(
     if not images:
         raise DataError(f"no images in split '{split}'" + (f" for shard {shard[0]}/{shard[1]}" if shard else ""))
     out = output_dir(out, "proposals")
+    _check_settings(out, config, shard is None, echo, warn)
+
+    start = time.perf_counter()
+    run = _ProposeRun(out / "boxes", {a.id: _source(a, config) for a in images}, warn)
+    todo = run.stage().plan(images).todo
+    workers = workers or os.cpu_count() or 1
+    run.stage().run(config, todo, len(images) - len(todo), workers, ray, progress)
+
+    report = _report(dataset, ProposalSet(out, config), images, run, split)
+    report.update({"computed": len(todo) - len(run.failures), "reused": len(images) - len(todo),
+                   "failed": run.failures, "seconds": round(time.perf_counter() - start, 2),
+                   "seconds_per_image_median": round(float(np.median(run.seconds)), 3) if run.seconds else None,
+                   "workers": workers})
+    if ray is not None:
+        report["ray"] = ray
+    if shard is not None:
+        report["shard"] = list(shard)
+    write_json(out / (f"report-{shard_name(shard)}.json" if shard else "report.json"), report)
+    return report
+
+
+def _report(dataset: Dataset, pset: ProposalSet, images: list[Annotation], run: _ProposeRun, split: str | None) -> dict[str, Any]:
+    """The report of the images whose boxes are stored (:func:`proposal_report`), its first keys set.
+
+    Raises:
+        DataError: no image has boxes.
+    """
+    done = [a for a in images if run.valid(a)]
+    if not done:
+        raise DataError(f"no proposals could be computed for any of the {len(images)} images "
+                        f"(first error: {run.failures[0] if run.failures else '?'})")
+    report = proposal_report(done, [pset.boxes(a.id) for a in done], dataset.classes)
+    report.update({"format": "rcnn-proposals-report-v1", "split": split or "all", "config": asdict(pset.config)})
+    return report
+
+
+def _check_settings(out: Path, config: ProposeConfig, whole: bool, echo: Callable[[str], Any],
+                    warn: Callable[[str], Any]) -> None:
+    """Write ``out/settings.json``; a whole run (not a shard) first deletes the boxes of other settings.
+
+    A shard leaves other shards' files alone: stale ones are recomputed by key.
+    """
     boxes_dir = out / "boxes"
     settings_path = out / "settings.json"
-    if settings_path.exists() and shard is None:  # a shard leaves other shards' files alone: stale ones are recomputed by key
+    if settings_path.exists() and whole:
         try:
             old = read_json(settings_path, "proposal settings")
         except DataError as e:
@@ -332,58 +375,36 @@ def propose_dataset(
     boxes_dir.mkdir(exist_ok=True)
     write_json(settings_path, {"format": "rcnn-proposals-v1", "config": asdict(config)})
 
-    start = time.perf_counter()
-    sources = {a.id: _source(a, config) for a in images}
-    todo = [a for a in images if _stored_source(boxes_dir, a.id) != sources[a.id]]
-    failures: list[str] = []
-    compute_seconds: list[float] = []
-    workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(images), initial=len(images) - len(todo), desc="propose", unit="img", disable=None if progress else True)
 
-    def collect(a: Annotation, result: tuple[np.ndarray | None, float, str]) -> None:
-        boxes, secs, err = result
-        if boxes is None:
-            failed(a, err)
+@dataclass
+class _ProposeRun:
+    """The bookkeeping of one propose run: what each image's boxes must come from, failures, task times."""
+
+    boxes_dir: Path
+    sources: dict[str, dict[str, str]]  # image id -> :func:`_source`
+    warn: Callable[[str], Any]
+    failures: list[str] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # selective-search seconds of each computed image
+
+    def stage(self) -> Stage[Annotation]:
+        return Stage("propose", _propose_task, self.collect, lambda a, e: self.failed(f"{a.path}: {e}"), self.valid)
+
+    def valid(self, a: Annotation) -> bool:
+        """Whether the stored boxes of ``a`` were computed from its bytes with these settings."""
+        return _stored_source(self.boxes_dir, a.id) == self.sources[a.id]
+
+    def collect(self, a: Annotation, result: Outcome[np.ndarray]) -> None:
+        if result.value is None:
+            self.failed(result.error)
             return
-        (boxes_dir / f"{a.id}.json").unlink(missing_ok=True)  # no record may describe other boxes, even for a moment
-        save_npy(boxes_dir / f"{a.id}.npy", boxes.astype(np.float32))
-        write_json(boxes_dir / f"{a.id}.json", sources[a.id])
-        compute_seconds.append(secs)
+        (self.boxes_dir / f"{a.id}.json").unlink(missing_ok=True)  # no record may describe other boxes, even for a moment
+        save_npy(self.boxes_dir / f"{a.id}.npy", result.value.astype(np.float32))
+        write_json(self.boxes_dir / f"{a.id}.json", self.sources[a.id])
+        self.seconds.append(result.seconds)
 
-    def failed(a: Annotation, err: str) -> None:
-        failures.append(err)
-        warn(f"error: {err}; skipped")
-
-    try:
-        run_tasks(_propose_task, config, todo, collect, workers=workers, ray=ray,
-                  on_error=lambda a, e: failed(a, f"{a.path}: {e}"), bar=bar)
-    finally:
-        bar.close()
-
-    done = [a for a in images if _stored_source(boxes_dir, a.id) == sources[a.id]]
-    if not done:
-        raise DataError(f"no proposals could be computed for any of the {len(images)} images (first error: {failures[0] if failures else '?'})")
-    pset = ProposalSet(out, config)
-    report = proposal_report(done, [pset.boxes(a.id) for a in done], dataset.classes)
-    report.update(
-        {
-            "format": "rcnn-proposals-report-v1",
-            "split": split or "all",
-            "config": asdict(config),
-            "computed": len(todo) - len(failures),
-            "reused": len(images) - len(todo),
-            "failed": failures,
-            "seconds": round(time.perf_counter() - start, 2),
-            "seconds_per_image_median": round(float(np.median(compute_seconds)), 3) if compute_seconds else None,
-            "workers": workers,
-        }
-    )
-    if ray is not None:
-        report["ray"] = ray
-    if shard is not None:
-        report["shard"] = list(shard)
-    write_json(out / (f"report-{shard_name(shard)}.json" if shard else "report.json"), report)
-    return report
+    def failed(self, err: str) -> None:
+        self.failures.append(err)
+        self.warn(f"error: {err}; skipped")
 
 
 def _source(a: Annotation, config: ProposeConfig) -> dict[str, str]:

@@ -23,6 +23,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -203,7 +204,6 @@ def _ray_call(fn: Callable[[Any, Any], Any], shared_ref: list[Any], item: Any) -
     A child that dies (a crash in native code) takes the worker with it, so that Ray retries the task.
     """
     import ray
-    from concurrent.futures.process import BrokenProcessPool
 
     key = shared_ref[0].hex()
     if key not in _CHILD:
