@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -24,9 +25,27 @@ from tests.convert import record_differences, to_coco, to_yolo, yolo_tolerance
 
 
 def parse(*args: str) -> tuple[int, str, str]:
+    """`rcnn parse ARGS`: (exit code, stdout, stderr), asserting it ended cleanly: a normal exit or a one-line
+    error, never an escaped exception, a traceback or a bug reported as an unexpected error."""
     res = CliRunner().invoke(main, ["parse", *args])
-    assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit), res.output
+    clean_exit = res.exception is None or isinstance(res.exception, SystemExit)
+    assert clean_exit and "Traceback" not in res.output and "unexpected error" not in res.output, res.output
     return res.exit_code, res.stdout, res.stderr
+
+
+@pytest.mark.parametrize("failure", ["bug", "traceback"])
+def test_the_parse_helper_can_fail(monkeypatch, tmp_path, failure):
+    """The helper above fails on a crash that the CLI turns into an exit code: a bug reported as an unexpected
+    error, or a traceback printed before a clean-looking exit (both exit through SystemExit)."""
+    def broken(*args, **kwargs):
+        if failure == "bug":
+            raise RuntimeError("a bug")
+        click.echo("Traceback (most recent call last):", err=True)
+        raise DataError("stopped")
+
+    monkeypatch.setattr("rcnn.parse.parse_dataset", broken)
+    with pytest.raises(AssertionError):
+        parse(str(tmp_path), "--out", str(tmp_path / "p.json"))
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +246,23 @@ def test_coco_2017_layout_split_folders_and_options_that_do_not_fit(tmp_path):
         parse_dataset(tmp_path, annotations_dir=tmp_path / "annotations", format="coco")
     code, _, err = parse(str(tmp_path), "--out", str(tmp_path / "p.json"), "--format", "yolo", "--images", str(tmp_path))
     assert code == 2 and "--images" in err
+
+
+def test_formats_are_peers_over_public_helpers():
+    """Each format is a module of rcnn/formats over rcnn.records, rcnn.safe_read and rcnn.formats.common: no reader
+    imports rcnn.parse (which imports the readers) or a private name of another module."""
+    import ast
+
+    import rcnn.formats
+
+    folder = Path(rcnn.formats.__file__).parent
+    assert {"voc.py", "coco.py", "yolo.py", "common.py"} <= {p.name for p in folder.glob("*.py")}
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                assert module not in ("..parse", "rcnn.parse"), f"{path.name} imports {module}"
+                private = [a.name for a in node.names if a.name.startswith("_") and a.name != "__future__"]
+                assert module == "__future__" or not private, f"{path.name} imports {private} from {module}"
+            elif isinstance(node, ast.Import):
+                assert all(a.name != "rcnn.parse" for a in node.names), path.name

@@ -650,3 +650,18 @@ def test_newline_in_file_name_keeps_messages_on_one_line(tmp_path):
     assert_clean(res)
     errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "bad\ufffdname.xml" in errors[0] and "broken XML" in errors[0]
+
+
+def test_old_import_paths_name_the_same_objects():
+    """rcnn.parse keeps re-exporting what moved to rcnn.records, rcnn.safe_read and rcnn.formats (the README's
+    Python API and older code import them from there), as the same objects: patching one patches the other."""
+    import rcnn.parse
+    from rcnn import records, safe_read
+    from rcnn.formats import common, voc
+
+    for module in (records, safe_read, common, voc):
+        for name in rcnn.parse.__all__:
+            if hasattr(module, name):
+                assert getattr(rcnn.parse, name) is getattr(module, name), (module.__name__, name)
+    assert rcnn.parse.Dataset is records.Dataset and rcnn.parse.parse_annotation is voc.parse_annotation
+    assert all(hasattr(rcnn.parse, n) for n in rcnn.parse.__all__)

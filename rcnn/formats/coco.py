@@ -1,13 +1,13 @@
-"""COCO detection JSON (``instances_*.json``) read into the records of :mod:`rcnn.parse`.
+"""COCO detection JSON (``instances_*.json``) read into the records of :mod:`rcnn.records`.
 
 * Boxes: COCO's ``bbox`` is [x, y, w, h] in 0-based pixels; it becomes (x, y, x + w, y + h), clipped and checked
-  by :func:`rcnn.parse.checked_box` as VOC boxes are.
+  by :func:`rcnn.formats.common.checked_box` as VOC boxes are.
 * ``iscrowd`` 1 regions become ``difficult`` objects (neither required nor penalised by ``rcnn evaluate``, as VOC's
   difficult ones). Categories are taken by name; an image's id is the stem of its ``file_name``.
 * Layout: a COCO file given directly, or a folder with ``annotations/instances_<split>.json`` (else the ``.json``
   files of the folder and of ``annotations/`` that look like COCO). The split comes from the file name
-  (``instances_train2017.json`` -> train, see :func:`rcnn.parse.split_name` and :func:`rcnn.parse.assign_splits`);
-  files without a split in their name get the seeded random split.
+  (``instances_train2017.json`` -> train, see :func:`rcnn.formats.common.split_name` and
+  :func:`rcnn.formats.common.assign_splits`); files without a split in their name get the seeded random split.
 * Images: ``file_name`` is looked up under ``--images``, else ``DATA/images/<split>/``, ``DATA/<split>/``,
   ``DATA/images/``, ``DATA/`` and the JSON's own folder; the first that holds it wins.
 * A file that cannot be read or is not COCO is skipped with one error line; a bad entry inside (an annotation of
@@ -22,27 +22,21 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import DataError
-from ..parse import (
-    Annotation,
-    Object,
-    Problem,
-    _file_kind,
-    _is_dir,
-    _is_utf8,
-    _one_line,
-    _open_regular,
-    _quote,
-    _read_regular,
-    _reason,
-    _resolve,
-    assign_splits,
-    checked_box,
-    checked_folder,
-    collect,
+from ..records import Annotation, Object, Problem
+from ..safe_read import (
     display_path,
+    file_kind,
     image_size,
-    split_name,
+    is_dir,
+    is_utf8,
+    one_line,
+    open_regular,
+    quote,
+    read_regular,
+    reason,
+    resolve_path,
 )
+from .common import ReadResult, assign_splits, checked_box, checked_folder, collect, split_name
 
 MAX_JSON_BYTES = 2 * 1024**3  # COCO 2017's instances_train2017.json is 448 MiB
 PEEK_BYTES = 1 << 20  # how much of an arbitrary .json is read to tell whether it is COCO
@@ -50,10 +44,10 @@ PEEK_BYTES = 1 << 20  # how much of an arbitrary .json is read to tell whether i
 
 def _looks_like_coco(path: Path) -> bool:
     """A JSON object whose first MiB names an ``"images"`` key and that no rcnn command wrote (they carry a format tag)."""
-    if _file_kind(path) != "file":
+    if file_kind(path) != "file":
         return False
     try:
-        with _open_regular(path) as f:
+        with open_regular(path) as f:
             head = f.read(PEEK_BYTES)
     except OSError:
         return False
@@ -63,13 +57,13 @@ def _looks_like_coco(path: Path) -> bool:
 def find_json_files(data: Path) -> list[Path]:
     """The COCO files of the dataset folder ``data``: ``annotations/instances_*.json``, else the COCO-looking
     ``*.json`` of ``data`` and ``data/annotations``."""
-    if not _is_dir(data):
+    if not is_dir(data):
         return []
     ann = data / "annotations"
-    instances = sorted(p for p in ann.glob("instances_*.json") if _file_kind(p) == "file") if _is_dir(ann) else []
+    instances = sorted(p for p in ann.glob("instances_*.json") if file_kind(p) == "file") if is_dir(ann) else []
     if instances:
         return instances
-    found = sorted(data.glob("*.json")) + (sorted(ann.glob("*.json")) if _is_dir(ann) else [])
+    found = sorted(data.glob("*.json")) + (sorted(ann.glob("*.json")) if is_dir(ann) else [])
     return [p for p in found if _looks_like_coco(p)]
 
 
@@ -90,18 +84,18 @@ def load_coco(path: Path) -> dict[str, Any]:
         DataError: one line: the file cannot be read, is not JSON, or lacks ``images`` / ``annotations`` / ``categories`` lists.
     """
     try:
-        raw = _read_regular(path, MAX_JSON_BYTES)
+        raw = read_regular(path, MAX_JSON_BYTES)
     except OSError as e:
-        raise DataError(f"cannot read: {_reason(e)}") from None
+        raise DataError(f"cannot read: {reason(e)}") from None
     try:
         d = json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise DataError(f"not valid JSON: {_one_line(e, 200)}") from None
+        raise DataError(f"not valid JSON: {one_line(e, 200)}") from None
     if not isinstance(d, dict):
         raise DataError(f"not a COCO detection file: the top level is a {type(d).__name__}, not an object")
     for key in ("images", "annotations", "categories"):
         if not isinstance(d.get(key), list):
-            raise DataError(f"not a COCO detection file: {key!r} must be a list, got {_quote(d.get(key))}")
+            raise DataError(f"not a COCO detection file: {key!r} must be a list, got {quote(d.get(key))}")
     return d
 
 
@@ -121,8 +115,8 @@ def _categories(d: dict[str, Any], name: str, problems: list[Problem]) -> dict[i
     for k, c in enumerate(d["categories"]):
         cid = _key(c.get("id")) if isinstance(c, dict) else None
         label = c.get("name") if isinstance(c, dict) else None
-        if cid is None or not isinstance(label, str) or not label.strip() or not _is_utf8(label):
-            problems.append(Problem(name, f"categories[{k}] needs an integer 'id' and a 'name', got {_quote(c)}; skipped"))
+        if cid is None or not isinstance(label, str) or not label.strip() or not is_utf8(label):
+            problems.append(Problem(name, f"categories[{k}] needs an integer 'id' and a 'name', got {quote(c)}; skipped"))
             continue
         cats[cid] = label.strip()
     return cats
@@ -134,7 +128,7 @@ def _image_entries(d: dict[str, Any], name: str, problems: list[Problem]) -> dic
         iid = _key(im.get("id")) if isinstance(im, dict) else None
         fname = im.get("file_name") if isinstance(im, dict) else None
         if iid is None or not isinstance(fname, str) or not fname.strip():
-            problems.append(Problem(name, f"images[{k}] needs an 'id' and a 'file_name', got {_quote(im)}; skipped"))
+            problems.append(Problem(name, f"images[{k}] needs an 'id' and a 'file_name', got {quote(im)}; skipped"))
         elif iid in entries:
             problems.append(Problem(name, f"images[{k}] repeats the image id {iid!r}; skipped"))
         else:
@@ -150,12 +144,12 @@ def _group_annotations(d: dict[str, Any], images: dict[int | str, Any], cats: di
         if not isinstance(a, dict):
             problems.append(Problem(name, f"annotations[{k}] is a {type(a).__name__}, not an object; skipped"))
             continue
-        where = f"annotation {_quote(a.get('id', k))}"
+        where = f"annotation {quote(a.get('id', k))}"
         iid, cid = _key(a.get("image_id")), _key(a.get("category_id"))
         if iid not in images:
-            problems.append(Problem(name, f"{where} refers to image_id {_quote(a.get('image_id'))}, which is not in 'images'; skipped"))
+            problems.append(Problem(name, f"{where} refers to image_id {quote(a.get('image_id'))}, which is not in 'images'; skipped"))
         elif cid not in cats:
-            problems.append(Problem(name, f"{where} has category_id {_quote(a.get('category_id'))}, which is not in 'categories'; skipped"))
+            problems.append(Problem(name, f"{where} has category_id {quote(a.get('category_id'))}, which is not in 'categories'; skipped"))
         else:
             grouped[iid].append(a)
     return grouped
@@ -170,7 +164,7 @@ def _image_path(file_name: str, folders: list[Path]) -> tuple[Path | None, str]:
     unusable = ""
     for folder in folders:
         for t in tries:
-            kind = _file_kind(folder / t)
+            kind = file_kind(folder / t)
             if kind == "file":
                 return folder / t, ""
             if kind is not None and not unusable:
@@ -205,10 +199,10 @@ def _record(im: dict[str, Any], anns: list[dict[str, Any]], cats: dict[int | str
         label = cats[a["category_id"]]
         if classes is not None and label not in classes:
             continue
-        where = f"annotation {_quote(a.get('id'))} ({_one_line(label, 60)}) of {fname!r}"
+        where = f"annotation {quote(a.get('id'))} ({one_line(label, 60)}) of {fname!r}"
         bbox = a.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_number(v) for v in bbox):
-            problems.append(Problem(name, f"{where} has bbox {_quote(bbox)}, not 4 finite numbers [x, y, width, height]; skipped"))
+            problems.append(Problem(name, f"{where} has bbox {quote(bbox)}, not 4 finite numbers [x, y, width, height]; skipped"))
             continue
         x, y, w, h = (float(v) for v in bbox)
         box = checked_box((x, y, x + w, y + h), width, height, where, bbox, name, problems)
@@ -216,12 +210,12 @@ def _record(im: dict[str, Any], anns: list[dict[str, Any]], cats: dict[int | str
             continue
         crowd = a.get("iscrowd", 0)
         if crowd not in (0, 1):
-            problems.append(Problem(name, f"{where} has iscrowd {_quote(crowd)} (expected 0 or 1); treated as 0"))
+            problems.append(Problem(name, f"{where} has iscrowd {quote(crowd)} (expected 0 or 1); treated as 0"))
             crowd = 0
         objects.append(Object(label, box, difficult=bool(crowd)))
-    ann = Annotation(id=PurePosixPath(fname.replace("\\", "/")).stem, path=_resolve(path), width=int(width),
-                     height=int(height), split="", objects=objects, annotation=_resolve(json_path))
-    if not (_is_utf8(ann.path) and _is_utf8(ann.annotation)):
+    ann = Annotation(id=PurePosixPath(fname.replace("\\", "/")).stem, path=resolve_path(path), width=int(width),
+                     height=int(height), split="", objects=objects, annotation=resolve_path(json_path))
+    if not (is_utf8(ann.path) and is_utf8(ann.annotation)):
         return fail(f"the path of the image ({display_path(ann.path)}) is not valid UTF-8; rename it")
     return ann, problems
 
@@ -233,7 +227,7 @@ def image_folders(base: Path, json_path: Path, split: str, images_dir: Path | No
     folders = [base / "images" / split, base / split, base / "images", base, json_path.parent]
     unique = []
     for f in folders:
-        if _is_dir(f) and f not in unique:
+        if is_dir(f) and f not in unique:
             unique.append(f)
     return unique
 
@@ -258,13 +252,13 @@ def read_coco_file(json_path: Path, folders: list[Path], classes: list[str] | No
 
 
 def read_coco(data: Path, images_dir: str | Path | None, classes: list[str] | None, strict: bool, progress: bool
-              ) -> tuple[list[Annotation], dict[str, str] | None, list[Problem], str]:
+              ) -> ReadResult:
     """A COCO dataset (a file or a folder, see the module's docstring): (records, id -> split or None, problems, root).
 
     Raises:
         DataError: no COCO file is found, ``images_dir`` is unusable, or the files mix named and unnamed splits.
     """
-    is_file = _file_kind(data) == "file"
+    is_file = file_kind(data) == "file"
     files = [data] if is_file else find_json_files(data)
     if not files:
         raise DataError(f"no COCO annotation file in {display_path(data)}: looked for annotations/instances_*.json "

@@ -1,8 +1,8 @@
-"""YOLO txt labels (Ultralytics layout) read into the records of :mod:`rcnn.parse`.
+"""YOLO txt labels (Ultralytics layout) read into the records of :mod:`rcnn.records`.
 
 * A label line is ``class cx cy w h``, normalised to the image's width and height; the box becomes
   ((cx - w/2) W, (cy - h/2) H, (cx + w/2) W, (cy + h/2) H) in pixels, clipped and checked by
-  :func:`rcnn.parse.checked_box` as VOC boxes are. A polygon line (``class x1 y1 x2 y2 ...``, Ultralytics'
+  :func:`rcnn.formats.common.checked_box` as VOC boxes are. A polygon line (``class x1 y1 x2 y2 ...``, Ultralytics'
   segment labels) gives its bounding box. YOLO has no difficult flag.
 * Class names: ``data.yaml``'s ``names`` (a list, or an ``{id: name}`` mapping), else ``classes.txt`` (one name a
   line, in ``DATA/`` or ``DATA/labels/``).
@@ -10,7 +10,7 @@
   YAML file; only local folders, never URLs), else ``DATA/images/<split>/`` subfolders, else ``DATA/images/``
   (the seeded random split). The label of ``.../images/x/a.jpg`` is ``.../labels/x/a.txt`` (Ultralytics' rule;
   next to the image when its path has no ``images`` folder); an image without a label file has no objects.
-  Splits: see :func:`rcnn.parse.assign_splits`.
+  Splits: see :func:`rcnn.formats.common.assign_splits`.
 * The YAML file is read with ``yaml.safe_load`` (no tags that build objects, nothing executed, ``download`` ignored).
 * A bad label line (wrong field count, a class id out of range, a number that is not finite) is skipped with
   a warning naming the file and line; an unreadable label file or image skips the image with an error.
@@ -26,25 +26,19 @@ from typing import Any
 
 from ..errors import DataError
 from ..io import IMAGE_EXTENSIONS
-from ..parse import (
-    Annotation,
-    Object,
-    Problem,
-    _file_kind,
-    _is_dir,
-    _is_utf8,
-    _one_line,
-    _read_regular,
-    _reason,
-    _resolve,
-    assign_splits,
-    checked_box,
-    checked_folder,
-    collect,
+from ..records import Annotation, Object, Problem
+from ..safe_read import (
     display_path,
+    file_kind,
     image_size,
-    split_name,
+    is_dir,
+    is_utf8,
+    one_line,
+    read_regular,
+    reason,
+    resolve_path,
 )
+from .common import ReadResult, assign_splits, checked_box, checked_folder, collect, split_name
 
 MAX_YAML_BYTES = 1 << 20  # a data.yaml is a few hundred bytes
 MAX_LABEL_BYTES = 16 << 20  # a label file is a few lines
@@ -61,9 +55,9 @@ def _quote(value: Any) -> str:
 
 
 def _yaml_file(data: Path) -> Path | None:
-    if _file_kind(data) == "file":
+    if file_kind(data) == "file":
         return data
-    return next((data / n for n in YAML_NAMES if _file_kind(data / n) == "file"), None)
+    return next((data / n for n in YAML_NAMES if file_kind(data / n) == "file"), None)
 
 
 def looks_like_yolo(data: Path) -> bool:
@@ -71,7 +65,7 @@ def looks_like_yolo(data: Path) -> bool:
     if _yaml_file(data) is not None:
         return True
     labels = data / "labels"
-    if not _is_dir(labels):
+    if not is_dir(labels):
         return False
     return any(p.name != "classes.txt" for p in labels.glob("*.txt")) or any(labels.glob("*/*.txt"))
 
@@ -86,14 +80,14 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
     name = display_path(path)
     try:
-        raw = _read_regular(path, MAX_YAML_BYTES)
+        raw = read_regular(path, MAX_YAML_BYTES)
         d = yaml.safe_load(raw.decode("utf-8-sig"))
     except OSError as e:
-        raise DataError(f"cannot read {name}: {_reason(e)}") from None
+        raise DataError(f"cannot read {name}: {reason(e)}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{name} is not UTF-8 text: {e}") from None
     except (yaml.YAMLError, RecursionError) as e:
-        raise DataError(f"{name} is not usable YAML: {_one_line(e, 200)}") from None
+        raise DataError(f"{name} is not usable YAML: {one_line(e, 200)}") from None
     if not isinstance(d, dict):
         raise DataError(f"{name} is not a YOLO data file: expected a mapping with 'names' and 'train'/'val'/'test', "
                         f"got {_quote(d)}")
@@ -114,7 +108,7 @@ def class_names(value: Any, where: str) -> list[str | None]:
         raise DataError(f"{where}: 'names' must be a list of class names or a mapping of class id to name, got {_quote(value)}")
     names: list[str | None] = [None] * (max(items, default=-1) + 1)
     for k, v in items.items():
-        if not isinstance(v, (str, int, float)) or isinstance(v, bool) or not str(v).strip() or not _is_utf8(str(v)):
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool) or not str(v).strip() or not is_utf8(str(v)):
             raise DataError(f"{where}: class {k} has the name {_quote(v)}; names must be non-empty text")
         names[k] = str(v).strip()
     return names
@@ -143,10 +137,10 @@ def _yaml_layout(path: Path) -> tuple[list[str | None], list[tuple[str, Path]]]:
             continue
         for v in value if isinstance(value, list) else [value]:
             folder = _local(v, root, f"{name}: {key!r}")
-            if _file_kind(folder) == "file":
+            if file_kind(folder) == "file":
                 raise DataError(f"{name}: {key!r} is the file {display_path(folder)}; image list files are not "
                                 "supported, point it at a folder of images")
-            if not _is_dir(folder):
+            if not is_dir(folder):
                 raise DataError(f"{name}: {key!r} folder not found: {display_path(folder)}")
             splits.append((key, folder))
     if not splits:
@@ -156,12 +150,12 @@ def _yaml_layout(path: Path) -> tuple[list[str | None], list[tuple[str, Path]]]:
 
 def _classes_txt(data: Path) -> list[str | None]:
     for p in (data / "classes.txt", data / "labels" / "classes.txt"):
-        if _file_kind(p) is None:
+        if file_kind(p) is None:
             continue
         try:
-            text = _read_regular(p, MAX_YAML_BYTES).decode("utf-8-sig")
+            text = read_regular(p, MAX_YAML_BYTES).decode("utf-8-sig")
         except OSError as e:
-            raise DataError(f"cannot read {display_path(p)}: {_reason(e)}") from None
+            raise DataError(f"cannot read {display_path(p)}: {reason(e)}") from None
         except UnicodeDecodeError as e:
             raise DataError(f"{display_path(p)} is not UTF-8 text: {e}") from None
         names = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -184,9 +178,9 @@ def find_layout(data: Path) -> tuple[list[str | None], list[tuple[str | None, Pa
     root = checked_folder(data)
     names = _classes_txt(data)
     images = data / "images"
-    if not _is_dir(images):
+    if not is_dir(images):
         raise DataError(f"{display_path(data)} has no images/ folder (YOLO layout: images/ and labels/, or data.yaml)")
-    subs = sorted(p for p in images.iterdir() if _is_dir(p) and split_name(p.name) is not None)
+    subs = sorted(p for p in images.iterdir() if is_dir(p) and split_name(p.name) is not None)
     return names, [(p.name, p) for p in subs] or [(None, images)], root
 
 
@@ -200,7 +194,7 @@ def label_path(image: Path) -> Path:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and _file_kind(p) == "file")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and file_kind(p) == "file")
 
 
 def _finite(text: str) -> float | None:
@@ -240,7 +234,7 @@ def read_label_file(image: Path, names: list[str | None], classes: list[str] | N
     name = display_path(label)
 
     def fail(msg: str) -> tuple[None, list[Problem]]:
-        problems.append(Problem(name if _file_kind(label) is not None else display_path(image), msg, "error"))
+        problems.append(Problem(name if file_kind(label) is not None else display_path(image), msg, "error"))
         return None, problems
 
     size, why = image_size(image)
@@ -248,12 +242,12 @@ def read_label_file(image: Path, names: list[str | None], classes: list[str] | N
         return fail(why)
     width, height = size
     lines: list[str] = []
-    kind = _file_kind(label)
+    kind = file_kind(label)
     if kind is not None:
         try:
-            lines = _read_regular(label, MAX_LABEL_BYTES).decode("utf-8-sig").splitlines()
+            lines = read_regular(label, MAX_LABEL_BYTES).decode("utf-8-sig").splitlines()
         except OSError as e:
-            return fail(f"cannot read: {_reason(e)}")
+            return fail(f"cannot read: {reason(e)}")
         except UnicodeDecodeError as e:
             return fail(f"not UTF-8 text: {e}")
     objects = []
@@ -268,20 +262,20 @@ def read_label_file(image: Path, names: list[str | None], classes: list[str] | N
         cls, (x1, y1, x2, y2) = parsed
         if classes is not None and cls not in classes:
             continue
-        where = f"line {k} ({_one_line(cls, 60)})"
+        where = f"line {k} ({one_line(cls, 60)})"
         box = checked_box((x1 * width, y1 * height, x2 * width, y2 * height), width, height, where,
                           " ".join(fields[1:]), name, problems)
         if box is not None:
             objects.append(Object(cls, box))
-    ann = Annotation(id=image.stem, path=_resolve(image), width=int(width), height=int(height), split="",
-                     objects=objects, annotation=_resolve(label) if kind == "file" else "")
-    if not (_is_utf8(ann.path) and _is_utf8(ann.annotation)):
+    ann = Annotation(id=image.stem, path=resolve_path(image), width=int(width), height=int(height), split="",
+                     objects=objects, annotation=resolve_path(label) if kind == "file" else "")
+    if not (is_utf8(ann.path) and is_utf8(ann.annotation)):
         return fail(f"the path of the image ({display_path(ann.path)}) or of its label is not valid UTF-8; rename it")
     return ann, problems
 
 
 def read_yolo(data: Path, classes: list[str] | None, strict: bool, progress: bool
-              ) -> tuple[list[Annotation], dict[str, str] | None, list[Problem], str]:
+              ) -> ReadResult:
     """A YOLO dataset (see the module's docstring): (records, id -> split or None, problems, resolved root).
 
     Raises:
