@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from lxml import etree
 
+from .arch import get_arch
 from .boxes import batched_nms, box_iou, clip_boxes, decode, remove_small_boxes
 from .errors import DataError
 from .io import (IMAGE_EXTENSIONS, digest, file_digest, find_images, folder_kind, load_rgb, new_output_dir, output_dir,
@@ -87,17 +88,17 @@ class DetectConfig:
 
 
     def proposals_for(self, arch: str) -> int:
-        """How many proposals of each image a model of ``arch`` scores."""
-        return self.score_proposals or SCORED_PROPOSALS[arch]
+        """How many proposals of each image a model of ``arch`` scores (0: its registry entry's ``scored_proposals``)."""
+        return self.score_proposals or get_arch(arch).scored_proposals
 
     def resolved(self, arch: str) -> DetectConfig:
-        """This config with the per-architecture settings (threshold, score_proposals) made concrete."""
-        return replace(self, threshold=SCORE_THRESHOLDS[arch] if self.threshold is None else self.threshold,
-                       score_proposals=self.proposals_for(arch))
+        """This config with the per-architecture settings (threshold, score_proposals, forward_batch) taken from the
+        architecture's registry entry (:class:`rcnn.arch.ArchSpec`) where they are not given."""
+        spec = get_arch(arch)
+        return replace(self, threshold=spec.score_threshold if self.threshold is None else self.threshold,
+                       score_proposals=self.proposals_for(arch), forward_batch=self.forward_batch or spec.forward_batch)
 
 
-SCORED_PROPOSALS = {"rcnn": 500, "fast": 2000}  # score_proposals=0: per architecture
-SCORE_THRESHOLDS = {"rcnn": 0.3, "fast": 0.05}  # threshold=None: per architecture
 RUNTIMES = ("auto", "torch", "onnx")
 
 
