@@ -132,8 +132,6 @@ def precision_recall(cm: np.ndarray, classes: list[str]) -> tuple[dict[str, floa
     return ({c: round(float(p), 4) for c, p in zip(classes, prec)}, {c: round(float(r), 4) for c, r in zip(classes, rec)})
 
 
-
-
 def val_metrics(cm: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """``val_precision`` and ``val_recall`` per class of a validation confusion matrix (report.json's keys)."""
     precision, recall = precision_recall(cm, classes)
@@ -159,6 +157,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def save_plot(history: list[dict[str, float]], path: Path) -> None:
+    """``curves.png``: training and validation loss and accuracy per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,11 +179,11 @@ def save_plot(history: list[dict[str, float]], path: Path) -> None:
 
 
 def write_history(history: list[dict[str, float]], path: Path) -> None:
+    """``history.csv``: one row per epoch."""
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for h in history for k in h)))  # older entries lack "round"
         w.writeheader()
         w.writerows(history)
-
 
 
 def finish_interrupted(folder: Path) -> None:
