@@ -123,3 +123,16 @@ def test_no_code_outside_the_registry_compares_an_architecture_name():
     # the check can fail
     bad = 'if model.arch == "fast":\n    pass\nok = arch in ("rcnn", "x")\nfine = mode == "quality"\n'
     assert arch_name_comparisons(bad, "bad.py") == ["bad.py:1", "bad.py:3"]
+
+
+def test_input_size_says_what_it_is_per_architecture():
+    from rcnn.model import ModelConfig
+
+    common = dict(classes=["background", "cat"], backbone="efficientnet_lite0", input_size=224, mean=(0.5,) * 3,
+                  std=(0.2,) * 3)
+    classic = ModelConfig(**common)  # config.json without "arch": a classic model, as folders were first written
+    fast = ModelConfig(**common, arch="fast", max_size=800, frozen_stages=3, roi_size=7, fine_features=True)
+    assert (classic.arch, classic.crop_side, classic.short_side) == ("rcnn", 224, None)
+    assert (fast.crop_side, fast.short_side) == (None, 224)
+    with pytest.raises(ValueError, match="invalid for a fast model"):  # the arch's own checks (ArchSpec.check_config)
+        ModelConfig(**common, arch="fast", max_size=100, frozen_stages=3, roi_size=7)
