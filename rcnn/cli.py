@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .arch import arch_for_input, get_arch
 from .clitools import (LibraryOption, RegistryChoice, apply, configured, csv_list, given, handle_errors,  # noqa: F401
                        library_default, one_line, option_for, resolve, split_csv)
 from .cli_options import (ARCH_CHOICE, BACKBONE, CROP, DETECT, DETECT_FN, EXISTING_DIR, EXISTING_FILE, FAST,  # noqa: F401
@@ -159,7 +160,7 @@ def crop(parsed: Path, proposals: Path, out: Path, split: str, fmt: str, **optio
 @main.command("train")
 @click.argument("source", metavar="PARSED_OR_CROPS", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder to write.")
-@click.option("--arch", type=ARCH_CHOICE, help=f"{arch_help('summary')[:-1]}.  [default: {train_arch_default()}]")
+@click.option("--arch", type=ARCH_CHOICE, help=f"{arch_help('summary')}  [default: {train_arch_default()}]")
 @click.option("--proposals", type=EXISTING_DIR, help="--arch fast: the `rcnn propose` folder of PARSED's training images.")
 @BACKBONE
 @option_for(TRAIN, "weights", "--weights", help="imagenet, none (random), or a path to a state dict.")
@@ -192,8 +193,6 @@ def train_cmd(source: Path, out: Path, arch: str | None, proposals: Path | None,
     Under torchrun (``torchrun --nproc_per_node N -m rcnn.cli train ...``) it trains on N processes.
     """
     from .distributed import current_rank, launch, parse_device_list
-
-    from .arch import arch_for_input, get_arch
 
     spec = get_arch(arch) if arch else arch_for_input(source.is_dir())
     check_train_arch(spec.name, source, proposals, resume, given(options))
