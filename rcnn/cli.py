@@ -8,64 +8,20 @@ invalid option values become a usage error and exit 2. No tracebacks.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib
-import importlib.util
-import inspect
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .errors import RcnnError
+from .arch import arch_for_input, get_arch
+from .clitools import (LibraryOption, RegistryChoice, apply, configured, csv_list, given, handle_errors,  # noqa: F401
+                       library_default, one_line, option_for, resolve, split_csv)
+from .cli_options import (ARCH_CHOICE, BACKBONE, CROP, DETECT, DETECT_FN, EXISTING_DIR, EXISTING_FILE, FAST,  # noqa: F401
+                          FAST_DEFAULT, FORMATS, PIPELINE, PROPOSE, TRAIN, arch_help, check_train_arch, detect_options,
+                          detect_outputs, detect_settings, given_args, propose_options, scale_options, steps_split,
+                          train_arch_default)
 from .io import check_output_file, print_err as warn
-
-EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
-EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Map library errors to Click's exit codes: RcnnError -> 1, ValueError -> 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except RcnnError as e:
-            raise click.ClickException(one_line(str(e))) from None
-        except ValueError as e:
-            raise click.UsageError(one_line(str(e))) from None
-        except OSError as e:  # permissions, a full disk, a path that is a folder, ...
-            where = f"{e.filename}: " if e.filename else ""
-            raise click.ClickException(one_line(f"{where}{e.strerror or e}")) from None
-        except (KeyboardInterrupt, EOFError):
-            click.echo("interrupted; finished outputs are kept and a re-run resumes", err=True)
-            sys.exit(130)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
-            raise
-        except Exception as e:  # a bug, not bad input: still one line, the traceback with RCNN_DEBUG=1
-            if os.environ.get("RCNN_DEBUG"):
-                raise
-            raise click.ClickException(one_line(f"unexpected error ({type(e).__name__}: {e}); "
-                                                "re-run with RCNN_DEBUG=1 for the traceback and please report it")) from None
-
-    return wrapper
-
-
-def one_line(message: str) -> str:
-    """The first line of ``message`` (library messages can embed multi-line library text)."""
-    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
-    return lines[0] if lines else message
-
-
-def split_csv(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -74,130 +30,6 @@ def main() -> None:
     """R-CNN object detection for Pascal VOC datasets: parse → propose → crop → train → detect → evaluate."""
 
 
-# --------------------------------------------------------------------------- options that set library settings
-
-
-def resolve(ref: str) -> Any:
-    """The object ``"module:name"`` of the rcnn package, imported on first use: a command
-    imports only what it runs (``rcnn parse`` never imports torch)."""
-    module, name = ref.split(":")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
-
-
-def library_default(ref: str, name: str) -> Any:
-    """The default of field ``name`` of the dataclass ``ref``, or of parameter ``name`` of the function ``ref``."""
-    obj = resolve(ref)
-    if dataclasses.is_dataclass(obj):
-        f = next(f for f in dataclasses.fields(obj) if f.name == name)
-        return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-    return inspect.signature(obj).parameters[name].default
-
-
-class LibraryOption(click.Option):
-    """An option that sets one library setting: a dataclass field or a function parameter, named by the option's dest.
-
-    Its value is None unless given, so the library's own default applies, and ``--help`` shows that default:
-    it is written once, in the library.
-    """
-
-    def __init__(self, *args: Any, source: str, default_text: str | None = None, also: tuple[str, str] | None = None,
-                 **kwargs: Any) -> None:
-        self.source = source  # "module:DataclassOrFunction"
-        self.default_text = default_text  # what --help says instead, where the default is not the library's
-        self.also = also  # (when, "module:Dataclass"): a second setting this option sets, e.g. ("--arch fast", FAST)
-        super().__init__(*args, default=None, **kwargs)
-
-    @property
-    def library_default(self) -> Any:
-        return library_default(self.source, self.name or "")
-
-    @property  # Click reads it only to write --help
-    def show_default(self) -> str | bool:
-        if self.is_flag and not self.secondary_opts:
-            return False  # a one-sided flag is off unless given; its help says what giving it does
-        if self.default_text:
-            return self.default_text
-        text = self.default_of(self.library_default)
-        if self.also:
-            other = library_default(self.also[1], self.name or "")
-            if other != self.library_default:
-                text += f"; {self.also[0]}: {self.default_of(other)}"
-        return text
-
-    def default_of(self, value: Any) -> str:
-        """How --help writes a default value (for a flag pair: the side that is the default)."""
-        if self.is_flag:
-            return (self.opts if value else self.secondary_opts)[0].lstrip("-")
-        return str(value)
-
-    @show_default.setter
-    def show_default(self, value: Any) -> None:
-        pass  # Click sets it in __init__; the default comes from the library
-
-    def get_help_extra(self, ctx: click.Context) -> Any:
-        extra = super().get_help_extra(ctx)
-        if self.show_default:
-            extra["default"] = self.show_default  # as the library writes it (Click would add parentheses)
-        return extra
-
-
-class RegistryChoice(click.Choice):
-    """The names of a registry (``"backbones:BACKBONES"``), read when first needed: registering adds a choice."""
-
-    def __init__(self, ref: str) -> None:
-        self.ref = ref
-        super().__init__(())
-
-    @property
-    def choices(self) -> tuple[str, ...]:
-        return tuple(resolve(self.ref))
-
-    @choices.setter
-    def choices(self, value: Any) -> None:
-        pass
-
-
-def option_for(source: str, name: str, *decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
-    """``click.option(*decls)`` for the setting ``name`` of ``source`` (``"module:DataclassOrFunction"``).
-
-    Examples: ``option_for("train:TrainConfig", "epochs", "--epochs", type=click.IntRange(1), help=...)``;
-    a flag that turns a default True off: ``option_for("detect:DetectConfig", "box_regression",
-    "--no-box-regression", is_flag=True, flag_value=False, help=...)``.
-    """
-    return click.option(*decls, name, cls=LibraryOption, source=source, **kwargs)
-
-
-def configured(base: Any, options: dict[str, Any]) -> Any:
-    """``base`` (a settings dataclass) with each of its fields that ``options`` sets replaced, and validated again."""
-    names = {f.name for f in dataclasses.fields(base)}
-    return dataclasses.replace(base, **{k: v for k, v in options.items() if k in names and v is not None})
-
-
-def given(options: dict[str, Any], *names: str) -> dict[str, Any]:
-    """The ``options`` the user gave (of ``names``, when named): what to pass on as keyword arguments."""
-    return {k: v for k, v in options.items() if v is not None and (not names or k in names)}
-
-
-def csv_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
-    """Click callback: "cat, dog" -> ["cat", "dog"]."""
-    return split_csv(value)
-
-
-def apply(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """One decorator applying ``decorators`` in the order written (as if stacked in that order)."""
-    def decorate(fn: Any) -> Any:
-        return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
-    return decorate
-
-
-PROPOSE = "propose:ProposeConfig"
-CROP = "crop:CropConfig"
-TRAIN = "train:TrainConfig"
-FAST = "fast:FastConfig"
-ARCHS = ("fast", "rcnn")  # rcnn.pipeline.ARCHS, written here too so that importing the CLI does not import torch
-FORMATS = ("auto", "voc", "coco", "yolo")  # rcnn.parse.FORMATS, written here too so that importing the CLI imports no reader
-DETECT = "detect:DetectConfig"
-PIPELINE = "pipeline:PipelineConfig"
 
 # --------------------------------------------------------------------------- parse
 
@@ -273,58 +105,6 @@ def synth(out: Path, **options: Any) -> None:
     click.echo(f"{n_images} images written to {out}")
 
 
-# --------------------------------------------------------------------------- scaling out (rcnn.scale)
-
-
-def shard_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    """Click callback: "1/4" -> (1, 4); a bad value is a usage error."""
-    from .scale import parse_shard
-
-    try:
-        return parse_shard(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def ray_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Click callback: the Ray address, after checking that Ray is installed (one line saying how otherwise)."""
-    if value is not None and importlib.util.find_spec("ray") is None:
-        raise click.ClickException("--ray needs Ray, which is not installed: pip install 'rcnn[ray]'")
-    return value
-
-
-def scale_options(source: str, shard: bool = True) -> Callable[[Any], Any]:
-    """``--shard K/N`` (unless ``shard`` is False) and ``--ray [ADDRESS]`` (the ``ray`` setting of ``source``)."""
-    ray = option_for(
-        source, "ray", "--ray", is_flag=False, flag_value="local", callback=ray_option, metavar="[ADDRESS]",
-        default_text="no Ray",
-        help="Run the per-image work as Ray tasks (pip install 'rcnn[ray]'): on the cluster at ADDRESS (auto, "
-             "HOST:PORT, ray://HOST:10001), or on a local one started here (--ray alone, or --ray local).")
-    if not shard:
-        return ray
-    return apply(click.option(
-        "--shard", "shard", callback=shard_option, metavar="K/N",
-        help="Process only shard K of N: the images whose index, sorted by path, is K modulo N. Shards may run at "
-             "once into one --out; a run without --shard then writes the report, computing only what is missing. "
-             "From a scheduler: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT."), ray)
-
-
-# --------------------------------------------------------------------------- propose
-
-def propose_options(default_text: str | None = None) -> Callable[[Any], Any]:
-    """Selective-search options of `propose`, `pipeline` and (``default_text``: the model's settings) `detect`."""
-    return apply(
-        option_for(PROPOSE, "mode", "--mode", type=RegistryChoice("propose:MODES"), default_text=default_text,
-                   help="Selective-search strategy."),
-        option_for(PROPOSE, "max_side", "--max-side", type=click.IntRange(0), default_text=default_text,
-                   help="Run selective search on a copy whose long side is at most N pixels; 0 = full size."),
-        option_for(PROPOSE, "max_proposals", "--max-proposals", type=click.IntRange(1), default_text=default_text,
-                   help="Keep at most N proposals per image."),
-        option_for(PROPOSE, "min_size", "--min-size", type=click.IntRange(0), default_text=default_text,
-                   help="Drop proposals narrower or shorter than N pixels."),
-    )
-
-
 @main.command()
 @click.argument("parsed", type=EXISTING_FILE)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Proposals folder (re-runs reuse what it holds).")
@@ -377,20 +157,10 @@ def crop(parsed: Path, proposals: Path, out: Path, split: str, fmt: str, **optio
     click.echo(f"region set saved to {out}")
 
 
-# --------------------------------------------------------------------------- train
-
-BACKBONE = option_for(TRAIN, "backbone", "--backbone", type=RegistryChoice("backbones:BACKBONES"),
-                      help="Feature extractor, registered in rcnn/backbones.py (efficientnet_lite0's ImageNet weights work offline).")
-
-
-FAST_DEFAULT = ("--arch fast", FAST)  # shared training options: where Fast R-CNN's default differs, --help says so
-
-
 @main.command("train")
 @click.argument("source", metavar="PARSED_OR_CROPS", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder to write.")
-@click.option("--arch", type=click.Choice(ARCHS), help="fast: Fast R-CNN on PARSED (`rcnn parse`) and --proposals; rcnn: the "
-              "region classifier on CROPS (`rcnn crop`).  [default: fast for a file, rcnn for a folder]")
+@click.option("--arch", type=ARCH_CHOICE, help=f"{arch_help('summary')}  [default: {train_arch_default()}]")
 @click.option("--proposals", type=EXISTING_DIR, help="--arch fast: the `rcnn propose` folder of PARSED's training images.")
 @BACKBONE
 @option_for(TRAIN, "weights", "--weights", help="imagenet, none (random), or a path to a state dict.")
@@ -424,118 +194,24 @@ def train_cmd(source: Path, out: Path, arch: str | None, proposals: Path | None,
     """
     from .distributed import current_rank, launch, parse_device_list
 
-    arch = arch or ("rcnn" if source.is_dir() else "fast")
-    check_train_arch(arch, source, proposals, resume, given(options))
+    spec = get_arch(arch) if arch else arch_for_input(source.is_dir())
+    check_train_arch(spec.name, source, proposals, resume, given(options))
     devices = parse_device_list(options.get("device"))
     if devices is not None:  # one process per device, under torchrun
-        per_step = options.get("images_per_step") or 1
-        if arch == "fast" and per_step % devices.nproc:
-            raise click.UsageError(f"--images-per-step {per_step} does not split over {devices.nproc} processes "
-                                   f"(each takes its share of a step's images); use a multiple of {devices.nproc}")
+        steps_split(spec.name, options, devices.nproc)
         status = launch(given_args(click.get_current_context()), devices)
         if status:
             warn(f"Error: torchrun exited with status {status}")
             raise click.exceptions.Exit(status)
         return
-    from .train import format_report
+    from .engine import format_report
 
-    if arch == "fast":
-        from .fast import FastConfig, train_fast_model
-
-        report = train_fast_model(source, proposals, out, configured(FastConfig(), options), echo=click.echo)
-    else:
-        from .train import TrainConfig, train
-
-        report = train(source, out, configured(TrainConfig(), options), resume=resume)
+    settings = configured(spec.settings_class()(), options)
+    report = spec.part("trainer")(source, out, settings, proposals=proposals, resume=resume, echo=click.echo)
     if report is None or current_rank() != 0:
         return  # under torchrun rank 0 prints
     click.echo(format_report(report))
     click.echo(f"model saved to {out}")
-
-
-def given_args(ctx: click.Context) -> list[str]:
-    """Command-line arguments that give ``ctx``'s command the parameters the user gave (defaults left out)."""
-    from click.core import ParameterSource
-
-    options: list[str] = []
-    arguments: list[str] = []
-    for p in ctx.command.params:
-        if p.name is None or ctx.get_parameter_source(p.name) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
-            continue
-        value = ctx.params[p.name]
-        if isinstance(p, click.Argument):
-            arguments += [str(v) for v in value] if isinstance(value, (tuple, list)) else [str(value)]
-        elif isinstance(p, click.Option) and p.is_flag:
-            if p.secondary_opts:
-                options.append(p.opts[0] if value else p.secondary_opts[0])
-            else:  # a flag without an opposite is on the command line only when given
-                options.append(p.opts[0])
-        elif isinstance(p, click.Option):
-            for v in value if p.multiple else [value]:
-                options += [p.opts[0], repr(v) if isinstance(v, float) else str(v)]
-    return [*options, "--", *arguments]
-
-
-def check_train_arch(arch: str, source: Path, proposals: Path | None, resume: bool, options: dict[str, Any]) -> None:
-    """Raise UsageError when the input or an option given does not fit the architecture."""
-    fields = {f.name for f in dataclasses.fields(resolve(FAST if arch == "fast" else TRAIN))}
-    foreign = sorted(set(options) - fields)
-    if foreign:
-        raise click.UsageError(f"--arch {arch} has no setting {', '.join(foreign)}")
-    if arch == "fast" and (source.is_dir() or proposals is None or resume):
-        raise click.UsageError("--arch fast trains from a parsed dataset file (`rcnn parse`) and --proposals "
-                               "(`rcnn propose`), without --resume")
-    if arch == "rcnn" and (not source.is_dir() or proposals is not None):
-        raise click.UsageError("--arch rcnn trains from a region-set folder (`rcnn crop`); --proposals is for --arch fast")
-
-
-# --------------------------------------------------------------------------- detect
-
-detect_options = apply(
-    option_for(DETECT, "threshold", "--threshold", type=click.FloatRange(0, 1), default_text="by architecture: rcnn 0.3, fast 0.05",
-               help="Keep class scores at or above this (the reference pipeline used 0.8)."),
-    option_for(DETECT, "nms_iou", "--nms-iou", type=click.FloatRange(0, 1, min_open=True), help="Class-wise NMS IoU (R-CNN: 0.3)."),
-    option_for(DETECT, "vote_iou", "--vote-iou", type=click.FloatRange(0, 1), help="Box voting after NMS: average each kept box with same-class boxes overlapping it at this IoU, by score; 0 = off."),
-    option_for(DETECT, "box_regression", "--no-box-regression", is_flag=True, flag_value=False, help="Do not refine boxes with the model's box regressor."),
-    option_for(DETECT, "max_detections", "--max-detections", type=click.IntRange(1), help="At most N boxes per image, best first."),
-    option_for(DETECT, "score_proposals", "--detect-proposals", type=click.IntRange(0), help="Score the first N proposals of each image; 0 = by architecture (rcnn 500, fast 2000)."),
-    option_for(DETECT, "forward_batch", "--forward-batch", type=click.IntRange(0), help="Crops per forward pass; 0 = auto (4 on a CPU, measured fastest on 2 cores; 64 on a GPU)."),
-    click.option("--batch-size", "batch_size", type=click.IntRange(0), hidden=True,
-                 deprecated="--batch-size meant crops per forward pass here; use --forward-batch"),
-    option_for(DETECT, "device", "--device", help="auto (GPU when there is one), cpu or cuda."),
-)
-
-
-def detect_settings(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with the old ``--batch-size`` of detection moved to ``forward_batch`` (``--forward-batch`` wins)."""
-    options = dict(options)
-    old = options.pop("batch_size", None)
-    if options.get("forward_batch") is None:
-        options["forward_batch"] = old
-    return options
-
-
-def class_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...] | None) -> list[str] | None:
-    """Click callback of a repeatable, comma-separated option: ("cat,dog", "bird") -> ["cat", "dog", "bird"]; none: None."""
-    names = [n for v in value or () for n in split_csv(v) or []]
-    return names or None
-
-
-DETECT_FN = "detect:detect"
-RUNTIMES = ("auto", "torch", "onnx")  # rcnn.detect.RUNTIMES (written here too: importing the CLI does not import torch)
-detect_outputs = apply(
-    click.option("--source", help="Read frames from a camera index (0, 1, ...) or a stream URL too; stops at --max-frames or Ctrl-C."),
-    option_for(DETECT, "vid_stride", "--vid-stride", type=click.IntRange(1), help="Videos: score every Nth frame; the frames between are written with the latest boxes."),
-    option_for(DETECT, "max_frames", "--max-frames", type=click.IntRange(0), help="Videos and cameras: read at most N frames; 0 = all."),
-    option_for(DETECT, "keep_classes", "--classes", multiple=True, callback=class_names, default_text="all",
-               help="Detect only these classes (comma-separated or repeated)."),
-    option_for(DETECT, "runtime", "--runtime", type=click.Choice(RUNTIMES), help="Run the network in PyTorch, or export it to ONNX and run it in onnxruntime (CPU; needs rcnn[onnx])."),
-    click.option("--save-xml", is_flag=True, help="Also write VOC XML per image (for annotation tools)."),
-    option_for(DETECT_FN, "save_txt", "--save-txt", is_flag=True, help="Also write YOLO labels: labels/NAME.txt, `class cx cy w h` normalised, class 0-based."),
-    option_for(DETECT_FN, "save_conf", "--save-conf", is_flag=True, help="With --save-txt: the score as a sixth column."),
-    option_for(DETECT_FN, "save_crop", "--save-crop", is_flag=True, help="Also write each detection's pixels: crops/CLASS/NAME_K.jpg."),
-    click.option("--no-images", is_flag=True, help="Do not write annotated images or videos."),
-)
 
 
 @main.command("detect")
@@ -654,7 +330,7 @@ def echo_result(report: Any, out: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for every stage's output and metrics.json.")
 @click.option("--classes", callback=csv_list, help="Comma-separated class names to keep (default: all).")
 @option_for(PIPELINE, "test_fraction", "--test-fraction", type=click.FloatRange(0, 1, max_open=True), help="Test share when the dataset has no ImageSets split files.")
-@option_for(PIPELINE, "arch", "--arch", type=click.Choice(ARCHS), help="fast: Fast R-CNN (one backbone pass per image); rcnn: crops and a region classifier.")
+@option_for(PIPELINE, "arch", "--arch", type=ARCH_CHOICE, help=arch_help("title"))
 @BACKBONE
 @option_for(TRAIN, "weights", "--weights", help="imagenet, none, or a path to a state dict.")
 @option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), also=FAST_DEFAULT, help="Training epochs (at most, with --patience).")

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import model as models
+from .arch import get_arch
 from .errors import DataError
 from .export import with_runtime
 from .io import folder_kind, output_dir, print_err
@@ -42,7 +43,7 @@ from .writers import (PALETTE, VIDEO_CODECS, RunFiles, VideoSink, coco_results, 
                       next_run_dir, voc_xml, write_jpeg, write_outputs, yolo_labels)
 
 __all__ = [  # the detection API, as importable from here before it was split by job
-    "DEFAULT_FPS", "PALETTE", "PART_FORMAT", "PLAN_FORMAT", "RUNTIMES", "SCORED_PROPOSALS", "SCORE_THRESHOLDS",
+    "DEFAULT_FPS", "PALETTE", "PART_FORMAT", "PLAN_FORMAT", "RUNTIMES",
     "VIDEO_CODECS", "VIDEO_EXTENSIONS", "DetectConfig", "Detection", "ImageResult", "RunFiles", "RunPlan", "VideoSink",
     "VideoSummary", "camera_source", "check_classes", "check_outputs", "coco_results", "crop_detections", "describe",
     "detect", "detect_image", "detect_video", "draw_detections", "find_inputs", "folder_name", "merge_detections",
@@ -55,17 +56,17 @@ __all__ = [  # the detection API, as importable from here before it was split by
 class DetectConfig:
     """Detection settings."""
 
-    # Keep class scores >= this (the reference pipeline used 0.8); None = by architecture (SCORE_THRESHOLDS):
-    # 0.3 for rcnn (measured in its time), 0.05 for fast, which on the dev splits (raccoon train 120/40, bccd
-    # train/val) gained 0.03 (raccoon) and 0.013 (bccd) mAP@0.5 over 0.3. Images draw only >= draw_threshold.
+    # Keep class scores >= this (the reference pipeline used 0.8); None = the architecture's own
+    # (rcnn.arch: ArchSpec.score_threshold, with how it was measured). Images draw only >= draw_threshold.
     threshold: float | None = None
     nms_iou: float = 0.3  # class-wise NMS IoU (R-CNN: 0.3)
     max_detections: int = 100  # per image, best first
-    # Score the first N proposals of each image (SS rank order); 0 = by architecture: 500 for rcnn (one
-    # backbone pass per region: on raccoon 500 gave mAP@0.5 0.64 where 300 gave 0.44), every stored one
-    # for fast (they share one pass). (ProposeConfig.max_proposals is how many are stored.)
+    # Score the first N proposals of each image (SS rank order); 0 = the architecture's own
+    # (rcnn.arch: ArchSpec.scored_proposals). (ProposeConfig.max_proposals is how many are stored.)
     score_proposals: int = 0
-    forward_batch: int = 0  # crops per forward pass; 0 = auto: 4 on a CPU (measured fastest on 2 cores), 64 on a GPU
+    # Crops per forward pass; 0 = the architecture's own (ArchSpec.forward_batch), whose 0 is auto: 4 on a CPU
+    # (measured fastest on 2 cores), 64 on a GPU.
+    forward_batch: int = 0
     box_regression: bool = True  # refine boxes with the model's R-CNN box regressor
     # After NMS, average each kept box with the same-class boxes overlapping it at IoU >= this,
     # weighted by score (0 = off). On the raccoon test split: mAP@0.5 0.57 -> 0.66.
@@ -102,17 +103,17 @@ class DetectConfig:
 
 
     def proposals_for(self, arch: str) -> int:
-        """How many proposals of each image a model of ``arch`` scores."""
-        return self.score_proposals or SCORED_PROPOSALS[arch]
+        """How many proposals of each image a model of ``arch`` scores (0: its registry entry's ``scored_proposals``)."""
+        return self.score_proposals or get_arch(arch).scored_proposals
 
     def resolved(self, arch: str) -> DetectConfig:
-        """This config with the per-architecture settings (threshold, score_proposals) made concrete."""
-        return replace(self, threshold=SCORE_THRESHOLDS[arch] if self.threshold is None else self.threshold,
-                       score_proposals=self.proposals_for(arch))
+        """This config with the per-architecture settings (threshold, score_proposals, forward_batch) taken from the
+        architecture's registry entry (:class:`rcnn.arch.ArchSpec`) where they are not given."""
+        spec = get_arch(arch)
+        return replace(self, threshold=spec.score_threshold if self.threshold is None else self.threshold,
+                       score_proposals=self.proposals_for(arch), forward_batch=self.forward_batch or spec.forward_batch)
 
 
-SCORED_PROPOSALS = {"rcnn": 500, "fast": 2000}  # score_proposals=0: per architecture
-SCORE_THRESHOLDS = {"rcnn": 0.3, "fast": 0.05}  # threshold=None: per architecture
 RUNTIMES = ("auto", "torch", "onnx")
 
 

@@ -88,6 +88,23 @@ def current_rank() -> int:
     return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; raises ValueError otherwise."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"'device={name}' is invalid; valid devices are auto, cpu and cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"'device={name}' is not available: this machine has no CUDA GPU; use auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"'device={name}' is invalid; valid devices are auto, cpu and cuda")
+    return device
+
+
 @contextmanager
 def session(device: str) -> Iterator[Dist]:
     """This process's :class:`Dist` for a ``--device`` of ``device``; under torchrun, with the process group up.
@@ -96,8 +113,6 @@ def session(device: str) -> Iterator[Dist]:
     """
     import torch
     import torch.distributed as tdist
-
-    from .model import pick_device
 
     if not launched_by_torchrun():
         yield Dist(device=pick_device(device))

@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .errors import DataError, MissingDependencyError
 from .io import digest, folder_kind, load_rgb, write_atomic
-from .model import LoadedModel, auto_batch_size, preprocess
+from .model import LoadedModel, auto_batch_size
 
 ONNX_FORMAT = "rcnn-onnx-v1"  # metadata_props "rcnn" of every file we write: how a re-run knows its own file
 OPSET = 17  # torchvision's roi_align exports from opset 16
@@ -49,58 +48,15 @@ def require_onnx(*modules: str) -> None:
             raise MissingDependencyError(f"ONNX support needs the '{m}' package; {INSTALL_HINT}") from None
 
 
-class ClassicGraph(nn.Module):
-    """A :class:`rcnn.model.RegionClassifier` as one graph: crops → (softmax scores, deltas)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.net.backbone(crops)
-        return torch.softmax(self.net.head(f), dim=1), self.net.bbox(f).view(-1, self.net.head[-1].out_features, 4)
-
-
-class FastGraph(nn.Module):
-    """A :class:`rcnn.fast.FastRCNN` after its resize transform: (image, rois) → (softmax scores, deltas).
-
-    RoIAlign is torchvision's, called with the strides of the two maps (16 and 8) and the sampling
-    ratio ``MultiScaleRoIAlign`` uses in the PyTorch model.
-    """
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, image: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from torchvision.ops import roi_align
-
-        from .fast import BOX_WEIGHTS
-
-        maps = self.net.late(self.net.early(image))
-        size = self.net.roi_heads.box_roi_pool.output_size
-        pooled = roi_align(maps["coarse"], [rois], size, 1 / 16, 2)
-        if self.net.fine_features:
-            pooled = torch.cat([pooled, roi_align(maps["fine"], [rois], size, 1 / 8, 2)], dim=1)
-        h = self.net.roi_heads
-        logits, regression = h.box_predictor(h.box_head(pooled))
-        c = h.box_predictor.cls_score.out_features
-        return torch.softmax(logits, dim=1), regression.view(-1, c, 4) / torch.tensor(BOX_WEIGHTS, device=regression.device)
+def graph_class(model: LoadedModel) -> Any:
+    """The ONNX graph module of the model's architecture (:attr:`rcnn.arch.ArchSpec.graph`): it wraps the network
+    and says its ``INPUTS``, ``DYNAMIC`` axes, how to make its ``inputs`` and how to ``run`` a session."""
+    return model.spec.part("graph")
 
 
 def graph_inputs(model: LoadedModel, image: np.ndarray, boxes: np.ndarray) -> dict[str, np.ndarray]:
     """The ONNX inputs of ``boxes`` (original pixels) in an RGB image: warped crops, or the image and scaled rois."""
-    if model.arch == "fast":
-        from .fast import _scale
-
-        x, size = model.net.prepare(image)
-        rois = torch.from_numpy(np.asarray(boxes, np.float32)).reshape(-1, 4) * _scale(image.shape[:2], size)
-        return {"image": x.cpu().numpy(), "rois": rois.numpy()}
-    from .crop import warp_regions
-
-    crop, s = model.config.crop, model.input_size
-    crops = warp_regions(image, boxes, s, int(round(crop.context * s / crop.size)))
-    return {"crops": preprocess(crops, model.mean, model.std, s).contiguous().numpy()}
+    return graph_class(model).inputs(model, image, boxes)
 
 
 @dataclass
@@ -124,11 +80,9 @@ def export_graph(model: LoadedModel, sample: dict[str, np.ndarray], opset: int =
     import onnx
 
     net = copy.deepcopy(model.net).cpu().eval()  # the PyTorch model stays where it is, as it is
-    graph = FastGraph(net) if model.arch == "fast" else ClassicGraph(net)
+    graph = graph_class(model)(net)
     names = list(sample)
-    first = "regions" if model.arch == "fast" else "batch"
-    dynamic = {"scores": {0: first}, "deltas": {0: first}}
-    dynamic.update({"image": {2: "height", 3: "width"}, "rois": {0: "regions"}} if model.arch == "fast" else {"crops": {0: "batch"}})
+    dynamic = dict(graph.DYNAMIC)
     buf = _io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on constants (sizes traced as python ints are checked below)
@@ -187,14 +141,7 @@ def run_graph(model: LoadedModel, sess: Any, image: np.ndarray, boxes: np.ndarra
     c = len(model.classes)
     if len(boxes) == 0:
         return np.zeros((0, c), np.float32), np.zeros((0, c, 4), np.float32)
-    feeds = graph_inputs(model, image, boxes)
-    if model.arch == "fast":
-        scores, deltas = sess.run(None, feeds)
-        return scores, deltas
-    batch = batch_size or auto_batch_size("cpu")
-    crops = feeds["crops"]
-    outs = [sess.run(None, {"crops": crops[s : s + batch]}) for s in range(0, len(crops), batch)]
-    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+    return graph_class(model).run(sess, graph_inputs(model, image, boxes), batch_size or auto_batch_size("cpu"))
 
 
 def check_images(paths: list[str | Path] | None) -> list[np.ndarray]:
@@ -268,7 +215,7 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, opset: int
         raise DataError(f"onnxruntime's scores differ from PyTorch's by {d_scores:.2e} (more than {MAX_SCORE_DIFF:g}); "
                         "nothing was written")
     write_atomic(out, lambda p: p.write_bytes(data))
-    inputs = ["image", "rois"] if model.arch == "fast" else ["crops"]
+    inputs = list(graph_class(model).INPUTS)
     return ExportReport(os.fspath(out), model.arch, opset, inputs, d_scores, d_deltas, n, len(pics),
                         round(time.perf_counter() - t0, 2))
 

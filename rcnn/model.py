@@ -1,4 +1,4 @@
-"""The region classifier (backbone + small head), its preprocessing, and the model folder.
+"""The model folder, for every architecture: its config, its atomic commit, and loading it to run.
 
 A model folder holds everything ``rcnn detect`` needs: ``model.pt`` (a plain state
 dict, loaded with ``weights_only=True``) and ``config.json`` (a :class:`ModelConfig`:
@@ -21,55 +21,21 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .backbones import BACKBONES, Backbone, build_backbone
+from .arch import ARCHS, LEGACY_ARCH, ArchSpec, get_arch
+from .arch.rcnn.config import MAX_INPUT_SIZE
+from .arch.rcnn.network import RegionClassifier, make_head, preprocess
+from .backbones import BACKBONES
 from .crop import CropConfig
+from .distributed import pick_device
 from .errors import DataError
 from .io import file_digest, read_json, write_atomic, write_json
 from .propose import ProposeConfig
 
-
-def make_head(dim: int, n_classes: int, hidden: int = 128, dropout: float = 0.2) -> nn.Sequential:
-    """The reference pipeline's head: Dropout → Linear(hidden) → ReLU → Dropout → Linear(classes)."""
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
-
-
-class RegionClassifier(nn.Module):
-    """Backbone features → head logits over ``classes`` (index 0 is background).
-
-    ``bbox`` is R-CNN's class-specific box regressor: a linear map from the same
-    features to (dx, dy, dw, dh) per class, fitted by ridge regression after training.
-    """
-
-    def __init__(self, backbone: Backbone, n_classes: int, hidden: int = 128, dropout: float = 0.2) -> None:
-        super().__init__()
-        self.backbone = backbone.module
-        self.head = make_head(backbone.dim, n_classes, hidden, dropout)
-        self.bbox = nn.Linear(backbone.dim, 4 * n_classes)
-        nn.init.zeros_(self.bbox.weight)  # until fitted: no correction
-        nn.init.zeros_(self.bbox.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class probabilities [N, C], box deltas [N, C, 4])."""
-        f = self.backbone(x)
-        return torch.softmax(self.head(f), dim=1), self.bbox(f).view(len(f), -1, 4)
-
-
-def preprocess(crops: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], size: int | None = None,
-               device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 crops ``[N, H, W, 3]`` → normalised float ``[N, 3, size, size]`` in channels-last memory."""
-    x = torch.as_tensor(crops).to(device)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    if size is not None and x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return ((x - m) / s).contiguous(memory_format=torch.channels_last)
+__all__ = ["MAX_INPUT_SIZE", "MODEL_FORMAT", "WEIGHTS", "LoadedModel", "ModelConfig", "RegionClassifier", "auto_batch_size",
+           "build_network", "commit_model", "finish_commit", "load_model", "load_state", "make_head", "pick_device",
+           "preprocess", "read_committed"]
 
 
 def auto_batch_size(device: torch.device | str) -> int:
@@ -81,26 +47,11 @@ def auto_batch_size(device: torch.device | str) -> int:
     return 64 if torch.device(device).type == "cuda" else 4
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; raises ValueError otherwise."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"'device={name}' is invalid; valid devices are auto, cpu and cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"'device={name}' is not available: this machine has no CUDA GPU; use auto or cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"'device={name}' is invalid; valid devices are auto, cpu and cuda")
-    return device
-
-
 @dataclass
 class LoadedModel:
     """A model folder, loaded: the network in eval mode and its typed settings."""
 
-    net: nn.Module  # a RegionClassifier (arch "rcnn") or a rcnn.fast.FastRCNN (arch "fast")
+    net: nn.Module  # the network of its architecture (rcnn.arch: ArchSpec.network builds it)
     config: ModelConfig
     device: torch.device = torch.device("cpu")
     folder: Path | None = None  # the model folder it was loaded from (None: built in memory)
@@ -140,18 +91,17 @@ class LoadedModel:
     def arch(self) -> str:
         return self.config.arch
 
+    @property
+    def spec(self) -> ArchSpec:
+        """Its architecture's registry entry."""
+        return get_arch(self.config.arch)
+
     def score_boxes(self, image: np.ndarray, boxes: np.ndarray, batch_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities ``[N, C]`` and box deltas ``[N, C, 4]`` of ``boxes`` (original pixels) in an RGB image.
-
-        A Fast R-CNN model pools them from one pass over the image; an R-CNN model warps each
-        region as in training (same share of context) and classifies the crops in batches.
+        """Class probabilities ``[N, C]`` and box deltas ``[N, C, 4]`` of ``boxes`` (original pixels) in an RGB image,
+        as its architecture scores them (:attr:`rcnn.arch.ArchSpec.scorer`): a Fast R-CNN model pools them from one
+        pass over the image; an R-CNN model warps each region as in training and classifies the crops in batches.
         """
-        if self.arch == "fast":
-            return self.net.predict(image, boxes)
-        from .crop import warp_regions
-
-        crop, size = self.config.crop, self.input_size
-        return self.predict(warp_regions(image, boxes, size, int(round(crop.context * size / crop.size))), batch_size)
+        return self.spec.part("scorer")(self, image, boxes, batch_size)
 
     def scores(self, crops: np.ndarray, batch_size: int = 0) -> np.ndarray:
         """Softmax class probabilities ``[N, n_classes]`` of uint8 crops ``[N, H, W, 3]``."""
@@ -161,9 +111,7 @@ class LoadedModel:
 # --------------------------------------------------------------------------- the model folder
 
 MODEL_FORMAT = "rcnn-model-v1"
-ARCHS = ("rcnn", "fast")
 WEIGHTS = "model.pt"
-MAX_INPUT_SIZE = 1024  # network input side; larger crops only cost time and memory
 
 
 @dataclass
@@ -176,12 +124,15 @@ class ModelConfig:
 
     classes: list[str]  # classes[0] is the implicit background
     backbone: str  # a name registered in rcnn.backbones.BACKBONES
-    input_size: int  # network input side in pixels
+    # rcnn: the network's input side (crops are warped to it); fast: the short side images are resized to
+    # (see crop_side / short_side, which say which)
+    input_size: int
     mean: tuple[float, float, float]  # input normalisation
     std: tuple[float, float, float]
     hidden: int = 128  # head width
     dropout: float = 0.2  # head dropout
-    arch: str = "rcnn"  # "rcnn": a classifier of warped region crops; "fast": Fast R-CNN (rcnn.fast)
+    # A name in rcnn.arch.ARCHS; folders written before the field existed hold classic models
+    arch: str = LEGACY_ARCH
     # Fast R-CNN only (input_size is then the short side images are resized to):
     max_size: int = 0  # long side limit of the resized image
     frozen_stages: int = 0  # backbone stages before the trained ones
@@ -219,12 +170,7 @@ class ModelConfig:
             raise ValueError(f"'hidden={self.hidden!r}', 'dropout={self.dropout!r}' are invalid")
         if self.arch not in ARCHS:
             raise ValueError(f"'arch={self.arch!r}' is unknown; this version reads {' and '.join(ARCHS)} models")
-        if self.arch == "fast" and not (_is_int(self.max_size) and self.input_size <= self.max_size <= 2048
-                                        and _is_int(self.frozen_stages) and 0 <= self.frozen_stages <= 4
-                                        and _is_int(self.roi_size) and 1 <= self.roi_size <= 64
-                                        and isinstance(self.fine_features, bool)):
-            raise ValueError(f"'max_size={self.max_size!r}', 'frozen_stages={self.frozen_stages!r}', "
-                             f"'roi_size={self.roi_size!r}' are invalid for a fast model")
+        get_arch(self.arch).part("check_config")(self)
         if not isinstance(self.files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in self.files.items()):
             raise ValueError("'files' must map file names to SHA-1 digests")
 
@@ -251,6 +197,16 @@ class ModelConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def crop_side(self) -> int | None:
+        """The side region crops are warped to (a classic model's ``input_size``); None for a whole-image model."""
+        return self.input_size if get_arch(self.arch).input == "regions" else None
+
+    @property
+    def short_side(self) -> int | None:
+        """The short side whole images are resized to (``input_size`` of a whole-image model); None for a crop model."""
+        return self.input_size if get_arch(self.arch).input != "regions" else None
 
     @classmethod
     def load(cls, folder: str | Path) -> ModelConfig:
@@ -352,19 +308,14 @@ def load_model(folder: str | Path, device: str = "auto") -> LoadedModel:
                         f"({str(e).splitlines()[0][:200]})") from None
     dev = pick_device(device)
     net = net.to(dev).eval()
-    if cfg.arch == "rcnn":
+    if get_arch(cfg.arch).channels_last:
         net = net.to(memory_format=torch.channels_last)
     return LoadedModel(net, cfg, dev, folder)
 
 
 def build_network(cfg: ModelConfig) -> nn.Module:
     """The untrained network a model config describes (its weights come from ``model.pt``)."""
-    if cfg.arch == "fast":
-        from .fast import FastRCNN
-
-        return FastRCNN(cfg.backbone, "none", len(cfg.classes), cfg.input_size, cfg.max_size, cfg.frozen_stages,
-                        cfg.roi_size, cfg.hidden, cfg.fine_features)
-    return RegionClassifier(build_backbone(cfg.backbone, "none"), len(cfg.classes), cfg.hidden, cfg.dropout)
+    return get_arch(cfg.arch).part("network")(cfg)
 
 
 def load_state(path: str | Path, what: str, data: bytes | None = None) -> Any:

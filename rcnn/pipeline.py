@@ -13,21 +13,24 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .arch import ARCHS, DEFAULT_ARCH, ArchSpec, get_arch
+from .arch.fast.config import FastConfig
+from .arch.rcnn.config import TrainConfig
 from .crop import CropConfig, crop_dataset
 from .detect import DetectConfig, detect
+from .engine import format_report as format_train
 from .errors import DataError
 from .evaluate import evaluate, format_report as format_eval, load_detections
-from .fast import FastConfig, train_fast_model
 from .io import output_dir, print_err, write_json
 from .model import load_model
 from .parse import Dataset, format_summary, parse_dataset
 from .propose import ProposalSet, ProposeConfig, proposal_report, propose_dataset, recall
 from .scale import ray_cluster
 from .synth import make_dataset
-from .train import TrainConfig, format_report as format_train, train
 
 METRICS_FORMAT = "rcnn-metrics-v1"
-ARCHS = ("fast", "rcnn")
+__all__ = ["ARCHS", "METRICS_FORMAT", "PipelineConfig", "PipelineReport", "ProposalRecall", "StageTimer", "demo_config",
+           "run_demo", "run_pipeline"]
 
 
 @dataclass
@@ -41,18 +44,26 @@ class PipelineConfig:
     # Run propose, crop and detect as Ray tasks on this cluster ("auto", an address, or "local": one started
     # here) instead of local processes; None: no Ray (rcnn.scale)
     ray: str | None = None
-    # "fast": Fast R-CNN (one backbone pass per image, rcnn.fast); "rcnn": the classic path (crops, a
-    # region classifier). Measured on raccoon and bccd (README): fast is more accurate and faster.
-    arch: str = "fast"
+    arch: str = DEFAULT_ARCH  # a name in rcnn.arch.ARCHS (its default is chosen and measured there)
     propose: ProposeConfig = field(default_factory=ProposeConfig)
-    crop: CropConfig = field(default_factory=CropConfig)  # arch rcnn
-    train: TrainConfig = field(default_factory=TrainConfig)  # arch rcnn
-    fast: FastConfig = field(default_factory=FastConfig)  # arch fast
+    crop: CropConfig = field(default_factory=CropConfig)  # architectures with a crop stage
+    # Each architecture's training settings, in the field its registry entry names (ArchSpec.pipeline_key)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fast: FastConfig = field(default_factory=FastConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"'arch={self.arch}' is invalid; valid architectures are {', '.join(ARCHS)}")
+        get_arch(self.arch)  # raises ValueError naming the registered ones
+
+    @property
+    def spec(self) -> ArchSpec:
+        """The registry entry of ``arch``."""
+        return get_arch(self.arch)
+
+    @property
+    def training(self) -> Any:
+        """The training settings of ``arch`` (a :class:`TrainConfig`, :class:`FastConfig`, ...)."""
+        return getattr(self, self.spec.pipeline_key)
 
     def with_settings(self, **settings: Any) -> PipelineConfig:
         """A copy with each setting given by field name, wherever that field is.
@@ -75,7 +86,8 @@ class PipelineConfig:
     def to_json(self) -> dict[str, Any]:
         """The settings of the stages this architecture runs, as metrics.json records them
         (detection's proposals come from the propose stage)."""
-        stages = {"crop": asdict(self.crop), "train": asdict(self.train)} if self.arch == "rcnn" else {"train": asdict(self.fast)}
+        stages = {"crop": asdict(self.crop)} if "crop" in self.spec.stages else {}
+        stages["train"] = asdict(self.training)
         return {"arch": self.arch, "propose": asdict(self.propose), **stages,
                 "detect": {k: v for k, v in asdict(self.detect.resolved(self.arch)).items() if k != "propose"}}
 
@@ -111,7 +123,7 @@ class PipelineReport:
     val_precision: dict[str, float]
     detect_seconds_per_image: float  # scoring only: the proposals come from the propose stage
     seconds: dict[str, float]  # stage -> seconds, and "total"
-    arch: str  # "fast" or "rcnn"
+    arch: str  # a name in rcnn.arch.ARCHS
     backbone: str
     config: dict[str, Any]  # PipelineConfig.to_json()
 
@@ -162,24 +174,22 @@ def _run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig, ech
     timer = StageTimer(echo)
     with timer.stage("parse"):
         ds = parse_stage(data, out / "parsed.json", config, echo, warn)
-    with timer.stage("propose"):
-        propose_dataset(ds, out / "proposals", config.propose, split="all", workers=config.workers, echo=echo, warn=warn,
-                        ray=config.ray)
-        proposals = recall_on_test_split(ds, out / "proposals", config.detect.proposals_for(config.arch), echo)
-    if config.arch == "rcnn":
+    proposals = ProposalRecall(None, None, None)
+    if "propose" in config.spec.stages:
+        with timer.stage("propose"):
+            propose_dataset(ds, out / "proposals", config.propose, split="all", workers=config.workers, echo=echo,
+                            warn=warn, ray=config.ray)
+            proposals = recall_on_test_split(ds, out / "proposals", config.detect.proposals_for(config.arch), echo)
+    if "crop" in config.spec.stages:
         with timer.stage("crop"):
             crops = crop_dataset(ds, out / "proposals", out / "crops", config.crop, split="train", warn=warn, ray=config.ray)
             echo(f"{crops['regions']} regions: " + ", ".join(f"{c} {n}" for c, n in crops["kept"].items()))
-        with timer.stage("train"):
-            trained = train(out / "crops", out / "model", config.train)
-            echo(format_train(trained))
-    else:
-        with timer.stage("train"):
-            trained = train_fast_model(ds, out / "proposals", out / "model", config.fast, echo=echo)
-            echo(format_train(trained))
+    with timer.stage("train"):
+        trained = train_stage(ds, out, config, echo)
     with timer.stage("detect"):
         results = detect(load_model(out / "model", config.detect.device), [a.path for a in ds.split("test")],
-                         out / "detect", config.detect, proposals=out / "proposals", echo=echo, warn=warn, ray=config.ray)
+                         out / "detect", config.detect, proposals=out / "proposals" if "propose" in config.spec.stages else None,
+                         echo=echo, warn=warn, ray=config.ray)
     with timer.stage("evaluate"):
         evaluation = evaluate(load_detections(out / "detect" / "detections.json"), ds, "test", plot=out / "pr_curve.png",
                               confusion_plot=out / "confusion_matrix.png")
@@ -193,11 +203,21 @@ def _run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig, ech
         n_test_images=len(ds.split("test")), n_train_images=len(ds.split("train")),
         val_recall=trained["val_recall"], val_precision=trained["val_precision"],
         detect_seconds_per_image=round(sum(score_seconds) / max(len(score_seconds), 1), 3),
-        seconds=timer.total(), arch=config.arch,
-        backbone=config.train.backbone if config.arch == "rcnn" else config.fast.backbone, config=config.to_json(),
+        seconds=timer.total(), arch=config.arch, backbone=config.training.backbone, config=config.to_json(),
     )
     write_json(out / "metrics.json", report.to_json())
     return report
+
+
+def train_stage(ds: Dataset, out: Path, config: PipelineConfig, echo: Callable[[str], Any]) -> dict[str, Any]:
+    """Train the architecture's model into ``out/model`` from what it trains on (the region set, or the parsed
+    records and their proposals); returns its report."""
+    spec = config.spec
+    source: Any = out / "crops" if spec.input == "regions" else ds
+    trained = spec.part("trainer")(source, out / "model", config.training,
+                                   proposals=out / "proposals" if spec.proposals else None, echo=echo)
+    echo(format_train(trained))
+    return trained
 
 
 def parse_stage(data: str | Path, out: Path, config: PipelineConfig, echo: Callable[[str], Any],

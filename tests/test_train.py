@@ -118,7 +118,7 @@ def test_non_finite_loss_stops_with_message(monkeypatch, tmp_path, synth_crops):
         f[:] = np.nan
         return f
 
-    monkeypatch.setattr(train_mod, "extract_features", poisoned)
+    monkeypatch.setattr("rcnn.arch.rcnn.features.extract_features", poisoned)  # where the feature cache calls it
     with pytest.raises(TrainingError, match="loss became nan at epoch 1, batch 1"):
         train(synth_crops, tmp_path / "m", TrainConfig(backbone="efficientnet_lite0", weights="none", epochs=2), progress=False)
     assert not (tmp_path / "m" / "model.pt").exists()
@@ -238,7 +238,7 @@ def test_hard_negative_mining_adds_the_highest_scoring_pool_backgrounds(tmp_path
         seen.update(before_train=before_train, before_val=before_val, pool=pool, p_bg=p, run=run, added=added)
         return added
 
-    monkeypatch.setattr(train_mod, "mine_hard_negatives", spy)
+    monkeypatch.setattr("rcnn.arch.rcnn.train.mine_hard_negatives", spy)  # where the training rounds call it
     cfg = TrainConfig(backbone="efficientnet_lite0", weights="none", batch_size=16, optimizer="adam", epochs=2, patience=0,
                       mining_rounds=1, mine_per_image=3)
     report = train(pooled_crops, tmp_path / "m", cfg, progress=False)

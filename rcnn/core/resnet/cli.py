@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ...cli import RegistryChoice, configured, given, handle_errors, option_for
+from ...clitools import RegistryChoice, configured, given, handle_errors, option_for
 
 __all__ = ["main"]
 
