@@ -22,6 +22,7 @@ from .io import output_dir, print_err, write_json
 from .model import load_model
 from .parse import Dataset, format_summary, parse_dataset
 from .propose import ProposalSet, ProposeConfig, proposal_report, propose_dataset, recall
+from .report import make_report
 from .scale import ray_cluster
 from .synth import make_dataset
 from .train import TrainConfig, format_report as format_train, train
@@ -49,6 +50,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # arch rcnn
     fast: FastConfig = field(default_factory=FastConfig)  # arch fast
     detect: DetectConfig = field(default_factory=DetectConfig)
+    report: bool = True  # write the error-analysis page <out>/report/index.html (rcnn.report) after evaluating
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -197,6 +199,9 @@ def _run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig, ech
         backbone=config.train.backbone if config.arch == "rcnn" else config.fast.backbone, config=config.to_json(),
     )
     write_json(out / "metrics.json", report.to_json())
+    if config.report:  # after metrics.json, which the page reads for the model's settings
+        page = make_report(out / "detect" / "detections.json", ds, out / "report", workers=config.workers, echo=echo, warn=warn)
+        echo(f"report: {page.index}")
     return report
 
 
