@@ -227,7 +227,7 @@ def collect_points(images: Sequence[ImageBoxes], verdicts: Sequence[ImageVerdict
 class TideReport:
     """The error breakdown of one detections file on one split."""
 
-    map50: float  # mAP@0.5 as is (mean over the classes with objects; 0.0 when none has)
+    map50: float  # mAP@0.5 as is (mean of the rounded APs of the classes with objects, as rcnn evaluate; 0.0: none)
     ap50: dict[str, float | None]  # per class; None: no objects
     errors: dict[str, float]  # error type -> dAP@0.5 overall (mAP gained by fixing them; >= 0)
     per_class: dict[str, dict[str, float | None]]  # class -> error type -> dAP@0.5 of that class's AP
@@ -275,5 +275,7 @@ def tide_errors(images: Sequence[ImageBoxes], classes: Sequence[str], pos_iou: f
         for label in b.gt_labels[v.gt_miss]:
             class_counts[classes[label]]["miss"] += 1
     counts = {t: sum(cc[t] for cc in class_counts.values()) for t in ERROR_TYPES}
-    return TideReport(round(base, 4), {c: None if a is None else round(a, 4) for c, a in zip(classes, base_aps)},
-                      errors, per_class, counts, class_counts, verdicts)
+    ap50 = {c: None if a is None else round(a, 4) for c, a in zip(classes, base_aps)}
+    valid = [a for a in ap50.values() if a is not None]  # the mean of the rounded APs, as rcnn evaluate's map50
+    return TideReport(round(float(np.mean(valid)), 4) if valid else 0.0, ap50, errors, per_class, counts, class_counts,
+                      verdicts)
