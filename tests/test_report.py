@@ -483,3 +483,28 @@ def test_browser_5000_images_are_paginated(chromium: str, synth_report: Path, tm
     dom = browse(chromium, page.as_uri() + "#sort=name&per=1000&page=5", tmp_path, "--dump-dom")
     assert entries(dom) == [f"img{k:05d}" for k in range(4000, 5000)]
     assert "images 4001–5000 of 5000 matching" in dom
+
+
+@pytest.mark.slow
+def test_pipeline_writes_the_report(tmp_path: Path, synth_data: Path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["pipeline", str(synth_data), "--out", str(out), "--epochs", "1", "--image-size", "96",
+                                       "--max-side", "120", "--test-fraction", "0.25", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"report: {out / 'report' / 'index.html'}" in result.output
+    report = json.loads((out / "report" / "report.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert report["map50"] == metrics["map50"] and len(report["images"]) == metrics["n_test_images"]
+    assert report["model"]["arch"] == "fast" and report["model"]["backbone"] == metrics["backbone"]
+
+
+def test_browser_full_view_lists_every_box(chromium: str, synth_report: Path, tmp_path: Path):
+    image = max(page_data(synth_report)["images"], key=lambda i: len(i["dets"]) + len(i["gts"]))
+    dom = browse(chromium, f"{(synth_report / 'index.html').as_uri()}#open={image['id']}", tmp_path, "--dump-dom")
+    assert re.search(r'<dialog id="viewer" open', dom)
+    table = re.search(r'<table id="viewer-table">.*?</table>', dom, re.S).group(0)
+    rows = re.findall(r"<tr[^>]*><td>([DG]\d+)</td><td>([^<]*)</td>", table)
+    assert [r[0] for r in rows] == [f"D{k + 1}" for k in range(len(image["dets"]))] + [f"G{k + 1}" for k in range(len(image["gts"]))]
+    assert f'src="full/{image["picture"]}"' in dom
+    verdicts = re.findall(r"<td>((?:false positive|true positive|ground truth)[^<]*)</td>", table)
+    assert len(verdicts) == len(rows)

@@ -1,5 +1,5 @@
 // rcnn report: the gallery. Vanilla JavaScript, no network: the data is in the page (#report-data).
-// The URL hash keeps the view (#sort=ap&class=dog&error=loc&page=2&per=60), so a view can be bookmarked or shared.
+// The URL hash keeps the view (#sort=ap&class=dog&error=loc&page=2&per=60&open=ID), so a view can be bookmarked or shared.
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("report-data").textContent);
@@ -17,7 +17,7 @@
   };
   const $ = (id) => document.getElementById(id);
   const ui = {sort: $("sort"), cls: $("filter-class"), error: $("filter-error"), per: $("per-page")};
-  const state = {sort: "worst", class: "", error: "", page: 1, per: 60};
+  const state = {sort: "worst", class: "", error: "", page: 1, per: 60, open: ""};
 
   function readHash() {
     const params = new URLSearchParams(location.hash.slice(1) || location.search.slice(1));
@@ -26,6 +26,7 @@
     if (params.get("error") && TAGS[params.get("error")]) state.error = params.get("error");
     state.page = Math.max(1, parseInt(params.get("page"), 10) || 1);
     state.per = Math.min(1000, Math.max(1, parseInt(params.get("per"), 10) || state.per));
+    state.open = params.get("open") || "";
   }
 
   function writeHash() {
@@ -35,6 +36,7 @@
     if (state.error) params.set("error", state.error);
     if (state.page > 1) params.set("page", state.page);
     if (state.per !== 60) params.set("per", state.per);
+    if (state.open) params.set("open", state.open);
     history.replaceState(null, "", "#" + params.toString());
   }
 
@@ -126,7 +128,9 @@
       const kind = g[5] === "tp" ? "gt" : g[5];
       [`G${j + 1}`, classes[g[4]], "", "", "ground truth: " + VERDICTS[kind]].forEach((t) => cell(tr, t));
     });
-    $("viewer").showModal();
+    if (!$("viewer").open) $("viewer").showModal();
+    state.open = img.id;
+    writeHash();
   }
 
   function render() {
@@ -161,7 +165,11 @@
     $("prev").addEventListener("click", () => { state.page -= 1; render(); });
     $("next").addEventListener("click", () => { state.page += 1; render(); });
     $("viewer-close").addEventListener("click", () => $("viewer").close());
+    $("viewer").addEventListener("close", () => { state.open = ""; writeHash(); });
+    const opened = state.open;
     render();
+    const img = images.find((i) => i.id === opened);
+    if (img) openViewer(img);
   }
 
   setUp();
