@@ -22,8 +22,8 @@ from ..io import output_dir, print_err, read_json, write_json, write_text
 from ..parse import Annotation, Dataset
 from .gallery import image_record, write_gallery
 from .page import render_page
-from .sizes import size_report
-from .tide import BG_IOU, ERROR_TYPES, POS_IOU, ImageBoxes, tide_errors
+from .sizes import SizeBin, size_report
+from .tide import BG_IOU, ERROR_TYPES, POS_IOU, ImageBoxes, TideReport, tide_errors
 
 __all__ = ["ERROR_TYPES", "REPORT_FORMAT", "Report", "format_report", "image_boxes", "make_report"]
 
@@ -126,7 +126,7 @@ def find_detections(detections: str | Path, dataset: Dataset, split: str, out: P
     return path, None
 
 
-def _summary(evaluation: dict[str, Any], tide: Any, sizes: tuple[str, list[Any]], images: list[dict[str, Any]],
+def _summary(evaluation: dict[str, Any], tide: TideReport, sizes: tuple[str, list[SizeBin]], images: list[dict[str, Any]],
              classes: list[str], conf: float, pos_iou: float, bg_iou: float) -> dict[str, Any]:
     """report.json's numbers (without its ``images``)."""
     return {

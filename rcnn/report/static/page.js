@@ -117,11 +117,10 @@
     const body = $("viewer-table").tBodies[0];
     body.replaceChildren();
     img.dets.forEach((d, i) => {
+      // the object the verdict is about: the one found, the one a wrong box points at, the one found twice
+      const about = d[8] >= 0 ? ` (G${d[8] + 1}${d[7] === "cls" ? ", a " + classes[img.gts[d[8]][4]] : ""})` : "";
       const tr = body.insertRow();
-      [`D${i + 1}`, classes[d[4]], d[5].toFixed(3), d[6].toFixed(2), VERDICTS[d[7]] +
-        (d[7] === "cls" && d[8] >= 0 ? ` (it is ${classes[img.gts[d[8]][4]]}, G${d[8] + 1})` : "") +
-        (d[8] >= 0 && d[7] !== "cls" && d[7] !== "tp" ? ` (G${d[8] + 1})` : "")].forEach((t) => cell(tr, t));
-      tr.className = `k-${d[7]}`;
+      [`D${i + 1}`, classes[d[4]], d[5].toFixed(3), d[6].toFixed(2), VERDICTS[d[7]] + about].forEach((t) => cell(tr, t));
     });
     img.gts.forEach((g, j) => {
       const tr = body.insertRow();
