@@ -155,6 +155,7 @@
     ui.sort.value = state.sort;
     ui.cls.value = state.class;
     ui.error.value = state.error;
+    if (![...ui.per.options].some((o) => o.value === String(state.per))) ui.per.add(new Option(state.per, state.per));
     ui.per.value = String(state.per);
     const on = (el, key, parse) => el.addEventListener("change", () => { state[key] = parse(el.value); state.page = 1; render(); });
     on(ui.sort, "sort", String);
