@@ -369,5 +369,33 @@ def demo_cmd(out: Path, **options: Any) -> None:
     echo_result(run_demo(out, echo=click.echo, warn=warn, **given(options)), out)
 
 
+# --------------------------------------------------------------------------- report
+
+
+@main.command("report")
+@click.argument("detections", type=click.Path(exists=True, path_type=Path))
+@click.argument("parsed", type=EXISTING_FILE)
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", help="Which annotated images to report on.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for index.html, report.json and the pictures.")
+@option_for("report:make_report", "conf", "--conf", type=click.FloatRange(0, 1), help="The gallery and its TP/FP/FN counts show detections scoring at least this (AP and dAP use all).")
+@option_for("report:make_report", "workers", "--workers", type=click.IntRange(0), help="Processes writing the pictures; 0 = one per core.")
+@detect_options
+@handle_errors
+def report_cmd(detections: Path, parsed: Path, split: str, out: Path, conf: float | None, workers: int | None,
+               **options: Any) -> None:
+    """Write an error-analysis page of DETECTIONS (detections.json, a detect run, or a model folder to run) against
+    PARSED into OUT/index.html: mAP, TIDE error breakdown, AP by object size and a gallery. Open it in a browser."""
+    from .report import format_report, make_report
+
+    report = make_report(detections, parsed, out, split, echo=click.echo, warn=warn,
+                         detect_settings=given(detect_settings(options)), **given({"conf": conf, "workers": workers}))
+    click.echo(format_report(report))
+
+
+# `rcnn pipeline --no-report` (PipelineConfig.report); to merge: move it into pipeline_cmd's decorators
+pipeline_cmd = option_for(PIPELINE, "report", "--no-report", is_flag=True, flag_value=False,
+                          help="Do not write the error-analysis page OUT/report/index.html (`rcnn report`).")(pipeline_cmd)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -201,6 +201,9 @@ def _attach_images(detections: list[dict[str, Any]], images: list[Annotation]) -
     return out
 
 
+attach_images = _attach_images  # public: rcnn.report finds each detection's image the same way
+
+
 def evaluate(detections: list[dict[str, Any]], dataset: Dataset, split: str = "test", plot: str | Path | None = None,
              confusion_plot: str | Path | None = None, confusion_conf: float = 0.25) -> dict[str, Any]:
     """VOC AP@0.5 per class, mAP@0.5, COCO mAP@[.5:.95] and the confusion matrix of ``detections`` on ``split``.

@@ -25,6 +25,7 @@ from .io import output_dir, print_err, write_json
 from .model import load_model
 from .parse import Dataset, format_summary, parse_dataset
 from .propose import ProposalSet, ProposeConfig, proposal_report, propose_dataset, recall
+from .report import make_report
 from .scale import ray_cluster
 from .synth import make_dataset
 
@@ -51,6 +52,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     fast: FastConfig = field(default_factory=FastConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    report: bool = True  # write the error-analysis page <out>/report/index.html (rcnn.report) after evaluating
 
     def __post_init__(self) -> None:
         get_arch(self.arch)  # raises ValueError naming the registered ones
@@ -206,6 +208,9 @@ def _run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig, ech
         seconds=timer.total(), arch=config.arch, backbone=config.training.backbone, config=config.to_json(),
     )
     write_json(out / "metrics.json", report.to_json())
+    if config.report:  # after metrics.json, which the page reads for the model's settings
+        page = make_report(out / "detect" / "detections.json", ds, out / "report", workers=config.workers, echo=echo, warn=warn)
+        echo(f"report: {page.index}")
     return report
 
 

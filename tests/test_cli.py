@@ -120,7 +120,7 @@ def test_no_option_writes_its_own_default_for_a_library_setting():
     no_default = (None, False, getattr(click.core, "UNSET", None))  # Click 8.3+ marks "no default" with UNSET
     plain = {(c, p.name) for c, p in all_options() if not isinstance(p, LibraryOption) and p.default not in no_default}
     assert plain <= {("propose", "split"), ("crop", "split"), ("crop", "fmt"), ("detect", "name"),
-                     ("evaluate", "split"), ("demo", "out"), ("export", "fmt")}, plain
+                     ("evaluate", "split"), ("demo", "out"), ("export", "fmt"), ("report", "split")}, plain
 
 
 def test_backbone_choices_come_from_the_registry(monkeypatch, tmp_path):
@@ -335,7 +335,8 @@ def test_show_and_parse_format_pass_only_what_is_given(monkeypatch, paths, tmp_p
 
 
 def test_every_command_is_covered_here():
-    tested = {"parse", "synth", "show", "propose", "crop", "train", "detect", "evaluate", "pipeline", "demo", "export"}
+    tested = {"parse", "synth", "show", "propose", "crop", "train", "detect", "evaluate", "pipeline", "demo", "export",
+              "report"}  # report: tests/test_report.py
     assert set(main.commands) == tested
 
 
