@@ -345,6 +345,7 @@ def echo_result(report: Any, out: Path) -> None:
 @option_for(TRAIN, "mining_rounds", "--mining-rounds", type=click.IntRange(0), help="--arch rcnn: rounds of hard-negative mining over that pool; 0 = off.")
 @option_for(PIPELINE, "workers", "--workers", type=click.IntRange(0), help="Selective-search processes; 0 = one per core.")
 @option_for(PIPELINE, "seed", "--seed", type=int, help="Seed of every stage: the split (without split files), the proposal order, sampling and training.")
+@option_for(PIPELINE, "report", "--no-report", is_flag=True, flag_value=False, help="Do not write the error-analysis page OUT/report/index.html (`rcnn report`).")
 @scale_options(PIPELINE, shard=False)
 @propose_options()
 @detect_options
@@ -391,10 +392,6 @@ def report_cmd(detections: Path, parsed: Path, split: str, out: Path, conf: floa
                          detect_settings=given(detect_settings(options)), **given({"conf": conf, "workers": workers}))
     click.echo(format_report(report))
 
-
-# `rcnn pipeline --no-report` (PipelineConfig.report); to merge: move it into pipeline_cmd's decorators
-pipeline_cmd = option_for(PIPELINE, "report", "--no-report", is_flag=True, flag_value=False,
-                          help="Do not write the error-analysis page OUT/report/index.html (`rcnn report`).")(pipeline_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover
