@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .devices import pick_device
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -86,23 +88,6 @@ def worker_device(spec: str, local_rank: int, cuda_available: bool) -> str:
 def current_rank() -> int:
     """This process's rank: torchrun's ``RANK`` when it launched several, else 0."""
     return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; raises ValueError otherwise."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"'device={name}' is invalid; valid devices are auto, cpu and cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"'device={name}' is not available: this machine has no CUDA GPU; use auto or cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"'device={name}' is invalid; valid devices are auto, cpu and cuda")
-    return device
 
 
 @contextmanager

@@ -34,6 +34,7 @@ from .model import LoadedModel, auto_batch_size
 ONNX_FORMAT = "rcnn-onnx-v1"  # metadata_props "rcnn" of every file we write: how a re-run knows its own file
 OPSET = 17  # torchvision's roi_align exports from opset 16
 MAX_SCORE_DIFF = 1e-4  # largest |onnxruntime - PyTorch| score accepted by the export check
+MAX_DELTA_DIFF = 1e-3  # ... and of box deltas, when a stored graph is bound to its model (tests/test_export.py sees <= 1e-4)
 INSTALL_HINT = "install it with `pip install 'rcnn[onnx]'` (or `pip install onnx onnxruntime`)"
 
 
@@ -246,12 +247,45 @@ def onnx_model(model: LoadedModel, opset: int = OPSET) -> OnnxModel:
     """``model`` run by onnxruntime (CPU): the graph ``rcnn export`` left in its folder (``model.onnx``) when it
     was exported from this very model, else its network exported now, in memory (a few seconds)."""
     require_onnx("onnx", "onnxruntime")
-    cached = exported_graph(model)
+    cached = verified_graph(model)
     if cached is not None:
-        return OnnxModel(model.net, model.config, model.device, model.folder, session(cached))
+        return OnnxModel(model.net, model.config, model.device, model.folder, cached)
     image = check_images(None)[0]
     data = export_graph(model, graph_inputs(model, image, selective_search_first(model, image)), opset)
     return OnnxModel(model.net, model.config, model.device, model.folder, session(data))
+
+
+# The load check: a small synthetic scene and a few fixed boxes on it, scored by both runtimes. Metadata can be
+# copied from one file to another; the scores bind the graph itself to this model's weights (about 0.1 s).
+LOAD_CHECK_SIZE = (96, 128)  # (height, width) of the synthetic scene
+LOAD_CHECK_BOXES = np.array([[0, 0, 128, 96], [8, 6, 72, 60], [40, 20, 120, 90], [20, 30, 60, 90],
+                             [64, 0, 128, 48], [0, 48, 64, 96], [30, 10, 100, 80], [50, 40, 90, 70]], np.float32)
+
+
+def reproduces(model: LoadedModel, sess: Any) -> bool:
+    """Whether the onnxruntime session ``sess`` gives ``model``'s PyTorch scores and deltas on the load check
+    (within :data:`MAX_SCORE_DIFF`); a graph of another network (other classes, other weights) does not."""
+    from .synth import scene
+
+    image = scene(*LOAD_CHECK_SIZE, seed=2)
+    ref_scores, ref_deltas = model.score_boxes(image, LOAD_CHECK_BOXES)
+    try:
+        scores, deltas = run_graph(model, sess, image, LOAD_CHECK_BOXES)
+    except Exception:  # another graph's inputs or shapes: onnxruntime raises its own error types
+        return False
+    if scores.shape != ref_scores.shape or deltas.shape != ref_deltas.shape:
+        return False
+    return bool(np.abs(scores - ref_scores).max() <= MAX_SCORE_DIFF and np.abs(deltas - ref_deltas).max() <= MAX_DELTA_DIFF)
+
+
+def verified_graph(model: LoadedModel) -> Any | None:
+    """An onnxruntime session of the model folder's ``model.onnx`` when its metadata names this model and the graph
+    itself reproduces the model (:func:`reproduces`); None otherwise."""
+    path = exported_graph(model)
+    if path is None:
+        return None
+    sess = session(path)
+    return sess if reproduces(model, sess) else None
 
 
 def exported_graph(model: LoadedModel) -> Path | None:
@@ -279,6 +313,8 @@ def with_runtime(model: LoadedModel, runtime: str) -> tuple[LoadedModel, str]:
             import onnxruntime  # noqa: F401
         except ImportError:
             return model, "torch"
-        if exported_graph(model) is None:
+        sess = verified_graph(model)
+        if sess is None:  # none, another model's, or a graph whose weights are not this model's
             return model, "torch"
+        return OnnxModel(model.net, model.config, model.device, model.folder, sess), "onnx"
     return onnx_model(model), "onnx"

@@ -28,7 +28,7 @@ from .arch.rcnn.config import MAX_INPUT_SIZE
 from .arch.rcnn.network import RegionClassifier, make_head, preprocess
 from .backbones import BACKBONES
 from .crop import CropConfig
-from .distributed import pick_device
+from .devices import pick_device
 from .errors import DataError
 from .io import file_digest, read_json, write_atomic, write_json
 from .propose import ProposeConfig

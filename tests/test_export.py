@@ -142,3 +142,21 @@ def test_auto_runtime_uses_the_graph_exported_into_the_model_folder(classic_onnx
     assert run(fast, "other")[0] == "torch"
     (fast / "model.onnx").write_bytes(b"junk")
     assert run(fast, "junk")[0] == "torch"
+
+
+def test_a_stored_graph_is_bound_to_its_model_by_its_scores(classic_onnx, fast_onnx, synth_model: Path, fast_model: Path):
+    """The metadata of a graph can be copied; the load check runs the graph itself against the model's weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    from rcnn.export import reproduces, session
+
+    classic, fast = load_model(synth_model, "cpu"), load_model(fast_model, "cpu")
+    assert reproduces(classic, session(classic_onnx[0])) and reproduces(fast, session(fast_onnx[0]))
+    assert not reproduces(classic, session(fast_onnx[0]))  # another network's inputs
+    proto = onnx.load(str(classic_onnx[0]))
+    for init in proto.graph.initializer:  # the same network with other weights
+        arr = numpy_helper.to_array(init)
+        if arr.dtype == np.float32 and arr.ndim >= 2:
+            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr[..., ::-1]) * 0.5, init.name))
+    assert not reproduces(classic, session(proto.SerializeToString()))

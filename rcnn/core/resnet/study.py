@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...devices import pick_device
 from ...errors import DataError
 from ...io import check_output_file, folder_kind, read_json, write_atomic, write_csv, write_json
 from .data import StudyData, load_data
@@ -54,7 +55,6 @@ def run_separability(run: str | os.PathLike, data: str | os.PathLike | StudyData
     Args:
         data: the images (a folder, or loaded); None = the folder recorded in the run's ``config.json``.
     """
-    from ...model import pick_device
 
     run = Path(run)
     if folder_kind(run) != RUN_KIND:

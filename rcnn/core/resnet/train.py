@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...devices import pick_device
 from ...errors import DataError, TrainingError
 from ...io import file_digest, output_dir, read_json, write_atomic, write_csv, write_json
 from .data import ImageSplit, StudyData, load_data
@@ -165,7 +166,6 @@ def train_study(data: str | os.PathLike | StudyData, out: str | os.PathLike, mod
     """
     from tqdm import tqdm
 
-    from ...model import pick_device
 
     device = pick_device(config.device)
     data_path = None if isinstance(data, StudyData) else str(Path(data).resolve())
