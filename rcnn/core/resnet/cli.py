@@ -26,7 +26,7 @@ def blocks_list(ctx: click.Context, param: click.Parameter, value: str | None) -
     if value is None:
         return None
     parts = [v.strip() for v in value.split(",")]
-    if not all(p.isascii() and p.isdigit() and len(p) <= 6 for p in parts):  # int() would take "２", "2_0", "+2"
+    if not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):  # int() would take "２", "2_0", "+2"
         raise click.BadParameter(f"{value[:60]!r} is not a comma-separated list of block counts, e.g. 2,2,2")
     return tuple(int(v) for v in parts)
 
