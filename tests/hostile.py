@@ -1445,9 +1445,8 @@ for _cmd in ("propose", "crop"):
         register(f"{_cmd}-ray-unreachable-{_addr.split(':')[0]}", _ray, heavy=True, cmd=_cmd, addr=_addr)
 
 
-# cases of issue 25 that fail until the writers (parse/propose/show/crop, refactored now) check the names they are given
-XFAIL = {f"{c}-{t}" for c in ("propose-parsed-id-escapes", "show-parsed-id-escapes", "crop-imagefolder-class-escapes")
-         for t in ESCAPES} | {"propose-boxes-folder-is-a-link", "parse-yolo-yaml-split-outside"}
+# cases expected to fail until a fix lands (strict xfail in test_hostile.py); issue 25's are all fixed
+XFAIL: set[str] = set()
 
 
 # --------------------------------------------------------------------------- rcnn.core

@@ -139,7 +139,6 @@ KINDS = ["relative", "absolute"]
 # --------------------------------------------------------------------------- ids from a hand-edited parsed file
 
 
-@AFTER_REFACTOR
 @pytest.mark.parametrize("kind", KINDS)
 def test_propose_keeps_an_escaping_image_id_inside_boxes(kind: str, synth_parsed: Path, tmp_path: Path):
     token = "pwn_propose"
@@ -151,7 +150,6 @@ def test_propose_keeps_an_escaping_image_id_inside_boxes(kind: str, synth_parsed
                   token)
 
 
-@AFTER_REFACTOR
 @pytest.mark.parametrize("kind", KINDS)
 def test_show_keeps_an_escaping_image_id_inside_images(kind: str, synth_parsed: Path, tmp_path: Path):
     token = "pwn_show"
@@ -185,7 +183,6 @@ def test_crop_keeps_an_escaping_image_id_inside_shards(kind: str, synth_parsed: 
                                   "--neg-per-image", "4"], token)
 
 
-@AFTER_REFACTOR
 @pytest.mark.parametrize("kind", KINDS)
 def test_crop_dataset_keeps_an_escaping_image_id_inside_shards(kind: str, synth_parsed: Path, synth_props: Path,
                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -254,7 +251,6 @@ def yolo_with_class(dst: Path, synth_data: Path, name: str) -> Path:
 FORMATS = {"voc": voc_with_class, "coco": coco_with_class, "yolo": yolo_with_class}
 
 
-@AFTER_REFACTOR
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_a_class_name_that_escapes_never_leaves_the_imagefolder(fmt: str, kind: str, synth_data: Path, tmp_path: Path):
@@ -307,7 +303,6 @@ def test_detect_save_crop_keeps_an_escaping_class_inside_crops(kind: str, synth_
         assert any((out / "crops").rglob("*.jpg")), "no crops written: the test proves nothing"
 
 
-@AFTER_REFACTOR
 def test_detect_merge_refuses_a_plan_whose_names_escape(synth_model: Path, synth_data: Path, tmp_path: Path):
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -325,7 +320,7 @@ def test_detect_merge_refuses_a_plan_whose_names_escape(synth_model: Path, synth
     run_contained(tmp_path, run, ["detect", "--merge", run], "pwn_merge")
 
 
-@pytest.mark.parametrize("what", ["file", pytest.param("folder", marks=AFTER_REFACTOR)])
+@pytest.mark.parametrize("what", ["file", "folder"])
 def test_propose_never_writes_through_a_link_left_in_boxes(what: str, synth_parsed: Path, tmp_path: Path):
     """A link in ``boxes/`` (to a user's file, or ``boxes`` itself to a user's folder) is replaced or refused, never followed."""
     out = tmp_path / "props"
@@ -353,7 +348,6 @@ def test_propose_never_writes_through_a_link_left_in_boxes(what: str, synth_pars
 # --------------------------------------------------------------------------- YOLO data.yaml leaving its dataset
 
 
-@AFTER_REFACTOR
 def test_yolo_yaml_split_outside_the_dataset_is_refused(synth_data: Path, tmp_path: Path):
     other = tmp_path / "other"
     (other / "images" / "train").mkdir(parents=True)
@@ -570,7 +564,6 @@ def test_runtime_auto_never_uses_an_onnx_graph_of_another_model(synth_model: Pat
 # --------------------------------------------------------------------------- one output name per image and frame
 
 
-@AFTER_REFACTOR
 def test_an_image_and_a_video_frame_never_share_an_output_name(synth_model: Path, synth_data: Path, tmp_path: Path):
     from tests.test_video import write_video
     from rcnn.io import load_rgb
@@ -620,7 +613,6 @@ def test_names_with_spaces_and_unicode_work_through_every_command(synth_model: P
     assert len(list((out / "show" / "images").glob("*.jpg"))) == 4
 
 
-@AFTER_REFACTOR
 def test_split_files_that_list_ids_with_spaces_keep_those_images(synth_data: Path, tmp_path: Path):
     """VOC ``ImageSets/Main/*.txt`` lines are ``id`` or ``id flag``; a whole line that is an annotation's id is that id."""
     ds = tmp_path / "ds"
