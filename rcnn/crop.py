@@ -323,10 +323,9 @@ def crop_dataset(
     images = shard_of(dataset.split(split), shard, key=lambda a: a.path)
     if not images:
         raise DataError(f"no images in split '{split}'" + (f" for shard {shard[0]}/{shard[1]}" if shard else ""))
-    check_names([a.id for a in images], "image id")  # before anything is written (a Dataset built in memory
-    check_names(dataset.classes, "class name")  # was never checked)
+    check_names([a.id for a in images], "image id")  # before any write (a Dataset built in memory was never checked)
     image_sha = check_proposals(pset, images, split)
-    classes = [BACKGROUND] + list(dataset.classes)
+    classes = [BACKGROUND] + check_names(list(dataset.classes), "class name")
     out = output_dir(out, "crops")
     (out / "meta.json").unlink(missing_ok=True)  # ours; until rewritten below, train refuses a half-rebuilt set
 

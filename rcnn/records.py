@@ -59,14 +59,15 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
-def check_names(names: list[str], what: str) -> None:
-    """:func:`check_name` on each of ``names`` (a writer's check before it writes anything).
+def check_names(names: list[str], what: str) -> list[str]:
+    """``names``, after :func:`check_name` on each (a writer's check before it writes anything).
 
     Raises:
         DataError: naming the first that escapes.
     """
     for name in names:
         check_name(name, what)
+    return names
 
 
 def safe_child(folder: str | os.PathLike, name: str, suffix: str = "", what: str = "name") -> Path:
