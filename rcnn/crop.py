@@ -25,8 +25,9 @@ from torchvision.ops import roi_align
 
 from .boxes import box_iou, clip_boxes, encode, expand_for_context
 from .errors import DataError
-from .io import digest, load_rgb, output_dir, print_err, write_atomic, write_csv, write_json
+from .io import digest, load_rgb, output_dir, output_subdir, print_err, write_atomic, write_csv, write_json
 from .parse import Annotation, Dataset
+from .records import check_names, safe_child
 from .propose import ProposalSet, check_proposals
 from .runner import Outcome, Stage
 from .scale import Shard, import_ray, shard_name, shard_of
@@ -322,14 +323,14 @@ def crop_dataset(
     images = shard_of(dataset.split(split), shard, key=lambda a: a.path)
     if not images:
         raise DataError(f"no images in split '{split}'" + (f" for shard {shard[0]}/{shard[1]}" if shard else ""))
+    check_names([a.id for a in images], "image id")  # before any write (a Dataset built in memory was never checked)
     image_sha = check_proposals(pset, images, split)
-    classes = [BACKGROUND] + list(dataset.classes)
+    classes = [BACKGROUND] + check_names(list(dataset.classes), "class name")
     out = output_dir(out, "crops")
     (out / "meta.json").unlink(missing_ok=True)  # ours; until rewritten below, train refuses a half-rebuilt set
-    (out / "shards").mkdir(exist_ok=True)
 
     start = time.perf_counter()
-    run = _CropRun(out / "shards", warn)
+    run = _CropRun(output_subdir(out, "shards"), warn)
     todo = run.stage().plan(run.items(images, lambda a: _shard_key(a, image_sha[a.id], pset, classes, config), pset)).todo
     reused = len(run.stored)
     run.stage().run((classes, config), todo, len(images) - len(todo), workers, ray, progress)
@@ -385,7 +386,7 @@ class _CropRun:
         if result.value is None:
             self.failed(item.ann, result.error)
             return
-        _write_shard(self.shards / f"{item.ann.id}.npz", {**result.value, "key": np.array(item.key)})
+        _write_shard(safe_child(self.shards, item.ann.id, ".npz", "image id"), {**result.value, "key": np.array(item.key)})
         self.stored[item.ann.id] = item.key
 
     def failed(self, a: Annotation, err: str) -> None:
@@ -461,11 +462,12 @@ def _index_rows(out: Path, used: list[Annotation], classes: list[str]) -> tuple[
 
 def _write_imagefolder(out: Path, images: list[Annotation], classes: list[str], codec: str) -> None:
     ext = ".jpg" if codec == "jpeg" else ".png"
-    root = out / "imagefolder"
+    root = output_subdir(out, "imagefolder")
     for old in root.glob("*/*_[0-9][0-9][0-9][0-9][0-9].*"):  # a previous run's files (this folder is ours)
         old.unlink()
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
+    folders = [safe_child(root, c, "", "class name") for c in classes]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
     for a in images:
         s = load_shard(out / "shards" / f"{a.id}.npz")
         pool = s["pool"] if "pool" in s else np.zeros(len(s["labels"]), bool)
@@ -473,7 +475,7 @@ def _write_imagefolder(out: Path, images: list[Annotation], classes: list[str], 
             if pool[k]:
                 continue  # the mining pool is not part of the training set
             blob = s["data"][s["offsets"][k] : s["offsets"][k + 1]].tobytes()
-            (root / classes[int(label)] / f"{a.id}_{k:05d}{ext}").write_bytes(blob)
+            safe_child(folders[int(label)], f"{a.id}_{k:05d}", ext, "image id").write_bytes(blob)
 
 
 def format_report(report: dict[str, Any]) -> str:

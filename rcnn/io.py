@@ -165,6 +165,21 @@ def output_dir(path: str | os.PathLike, kind: str, what: str = "--out") -> Path:
     return path
 
 
+def output_subdir(folder: str | os.PathLike, name: str) -> Path:
+    """Create ``folder/name`` (``boxes``, ``images``, ``shards``) as a real folder, or take back the one there.
+
+    Raises:
+        DataError: ``folder/name`` is a link (rcnn writes no output through links: it could lead anywhere) or a file.
+    """
+    path = Path(folder) / name
+    if path.is_symlink():
+        raise DataError(f"{path} is a link; rcnn writes no output through links (remove it)")
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path} is a file, not a folder (remove it)")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def new_output_dir(root: str | os.PathLike, name: str, kind: str) -> Path:
     """Create a fresh, auto-numbered folder ``root/name``, ``root/name2``, ... atomically.
 

@@ -26,8 +26,9 @@ import cv2
 import numpy as np
 
 from .errors import DataError, MissingDependencyError
-from .io import file_digest, load_rgb, output_dir, print_err, read_json, save_npy, write_json
+from .io import file_digest, load_rgb, output_dir, output_subdir, print_err, read_json, save_npy, write_json
 from .parse import Annotation, Dataset
+from .records import check_names, safe_child
 from .runner import Outcome, Stage
 from .scale import Shard, import_ray, shard_name, shard_of
 
@@ -315,6 +316,7 @@ def propose_dataset(
     images = shard_of(dataset.split(split), shard, key=lambda a: a.path)
     if not images:
         raise DataError(f"no images in split '{split}'" + (f" for shard {shard[0]}/{shard[1]}" if shard else ""))
+    check_names([a.id for a in images], "image id")  # before any write (a Dataset built in memory was never checked)
     out = output_dir(out, "proposals")
     _check_settings(out, config, shard is None, echo, warn)
 
@@ -358,7 +360,7 @@ def _check_settings(out: Path, config: ProposeConfig, whole: bool, echo: Callabl
 
     A shard leaves other shards' files alone: stale ones are recomputed by key.
     """
-    boxes_dir = out / "boxes"
+    boxes_dir = output_subdir(out, "boxes")  # refused when a link: its files could lie anywhere
     settings_path = out / "settings.json"
     if settings_path.exists() and whole:
         try:
@@ -372,7 +374,6 @@ def _check_settings(out: Path, config: ProposeConfig, whole: bool, echo: Callabl
             echo(f"proposal settings changed ({old} -> {asdict(config)}); recomputing")
             for f in list(boxes_dir.glob("*.npy")) + list(boxes_dir.glob("*.json")):
                 f.unlink()  # ours: the folder carries our marker
-    boxes_dir.mkdir(exist_ok=True)
     write_json(settings_path, {"format": "rcnn-proposals-v1", "config": asdict(config)})
 
 
@@ -397,9 +398,10 @@ class _ProposeRun:
         if result.value is None:
             self.failed(result.error)
             return
-        (self.boxes_dir / f"{a.id}.json").unlink(missing_ok=True)  # no record may describe other boxes, even for a moment
-        save_npy(self.boxes_dir / f"{a.id}.npy", result.value.astype(np.float32))
-        write_json(self.boxes_dir / f"{a.id}.json", self.sources[a.id])
+        npy, record = (safe_child(self.boxes_dir, a.id, ext, "image id") for ext in (".npy", ".json"))
+        record.unlink(missing_ok=True)  # no record may describe other boxes, even for a moment
+        save_npy(npy, result.value.astype(np.float32))
+        write_json(record, self.sources[a.id])
         self.seconds.append(result.seconds)
 
     def failed(self, err: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,6 +32,59 @@ RESERVED_CLASSES = ("background", "__background__")
 def is_reserved_class(name: str) -> bool:
     """Whether ``name`` is taken by the implicit background class (see :data:`RESERVED_CLASSES`)."""
     return name.strip().strip("_").lower() in {c.strip("_") for c in RESERVED_CLASSES}
+
+
+# --------------------------------------------------------------------------- names that become paths
+#
+# Image ids and class names become file and folder names (boxes/<id>.npy, images/<id>.jpg, shards/<id>.npz,
+# imagefolder/<class>/). One rule says which names stay inside the folder they are joined to; the readers
+# and Dataset.load refuse the others where they enter, and every writer joins names through safe_child.
+
+
+def escaping_name(name: str) -> bool:
+    """Whether ``name``, joined to a folder, could leave it: an absolute path, a ``..`` part or a NUL."""
+    parts = name.replace(os.sep, "/").split("/")
+    return name.startswith(("/", os.sep)) or os.path.isabs(name) or ".." in parts or "\0" in name
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` when it stays inside the folder it is joined to (see :func:`escaping_name`).
+
+    Raises:
+        DataError: one line naming ``what`` (e.g. "image id") and the whole value.
+    """
+    if escaping_name(name):
+        raise DataError(f"{what} {name!r} would leave its output folder (an absolute path, a '..' part or a NUL); "
+                        "rename it")
+    return name
+
+
+def check_names(names: list[str], what: str) -> list[str]:
+    """``names``, after :func:`check_name` on each (a writer's check before it writes anything).
+
+    Raises:
+        DataError: naming the first that escapes.
+    """
+    for name in names:
+        check_name(name, what)
+    return names
+
+
+def safe_child(folder: str | os.PathLike, name: str, suffix: str = "", what: str = "name") -> Path:
+    """``folder/<name><suffix>``, checked to stay inside ``folder``, following no link out of it.
+
+    Raises:
+        DataError: ``name`` escapes (:func:`check_name`), ``folder`` is a link, or the path resolves outside ``folder``.
+    """
+    folder = Path(folder)
+    path = folder / f"{check_name(name, what)}{suffix}"
+    if folder.is_symlink():
+        raise DataError(f"{folder} is a link; rcnn writes no output through links (remove it)")
+    real_folder = os.path.realpath(folder)
+    real_parent = os.path.realpath(path.parent)
+    if real_parent != real_folder and not real_parent.startswith(real_folder.rstrip(os.sep) + os.sep):
+        raise DataError(f"{what} {name!r} leads out of {folder} through a link; rcnn writes no output through links")
+    return path
 
 
 @dataclass
@@ -175,6 +229,11 @@ class FieldChecker:
         got = f", got {quote(value)}" if show else ""
         return DataError(f"{self.name} has malformed records: {where} {what}{got} (re-run `rcnn parse`)")
 
+    def unsafe(self, where: str, value: str) -> DataError:
+        """A name that would leave the folder it becomes a path in, shown whole (:func:`escaping_name`)."""
+        return DataError(f"{self.name} has malformed records: {where} {value!r} would leave its output folder "
+                         "(an absolute path, a '..' part or a NUL); rename it")
+
     def text(self, where: str, value: Any, empty_ok: bool = False) -> str:
         if not isinstance(value, str) or not is_utf8(value) or (not empty_ok and not value):
             raise self.malformed(where, "must be a non-empty string" if not empty_ok else "must be a string", value)
@@ -231,6 +290,8 @@ def _images_from_json(check: FieldChecker, raw_images: list[Any]) -> list[Annota
         where = f"images[{i}]"
         a = check.record(where, a, ann_fields, ("id", "path", "width", "height", "split"))
         image_id = check.text(f"{where}.id", a["id"])
+        if escaping_name(image_id):
+            raise check.unsafe(f"{where}.id", image_id)
         if image_id in seen:
             raise check.malformed(f"{where}.id", "is a duplicate image id", image_id)
         seen.add(image_id)
@@ -278,6 +339,8 @@ def _classes_from_json(check: FieldChecker, classes: Any, labels: set[str]) -> l
         check.checked_list("'classes'", classes, "must be a list of class names")
     for k, c in enumerate(classes):
         check.text(f"classes[{k}]", c)
+        if escaping_name(c):
+            raise check.unsafe(f"classes[{k}]", c)
         if is_reserved_class(c):
             raise check.malformed(f"classes[{k}]", "is reserved for the implicit background class", c)
     if len(set(classes)) != len(classes):

@@ -4,6 +4,7 @@ that make it resumable and shardable, and the check that no output replaces an i
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -119,11 +120,27 @@ class RunPlan:
             if d.pop("format") != PLAN_FORMAT:
                 raise ValueError("unknown format")
             plan = cls(**d)
+            _check_names(plan)
             if check is not None:
                 check(plan.config)
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise DataError(f"{path} is not a detection plan written by this rcnn ({e})") from None
         return plan
+
+
+def _check_names(plan: RunPlan) -> None:
+    """A plan's output names are plain file names (:func:`rcnn.sources.output_names` makes only such), one per input.
+
+    Raises:
+        ValueError: naming the first name that is not (``../x`` would write outside the run folder).
+    """
+    if not isinstance(plan.names, list) or not isinstance(plan.inputs, list) or len(plan.names) != len(plan.inputs):
+        raise ValueError("'names' must be a list of one output name per input")
+    for name in plan.names:
+        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
+            raise ValueError(f"the output name {name!r} is not a plain file name")
+    if len(set(plan.names)) != len(plan.names):
+        raise ValueError("'names' has duplicates")
 
 
 def model_key(model: LoadedModel) -> str:

@@ -21,6 +21,9 @@ import ctypes.util
 import multiprocessing
 import os
 import signal
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -150,8 +153,71 @@ def import_ray() -> Any:
     return ray
 
 
+RAY_TIMEOUT = 30.0  # seconds to reach a Ray cluster (resolve, connect, ray.init): it retries a dead address for minutes
+
+
+class _NoAnswer(Exception):
+    """A call run by :func:`_within` did not return in time."""
+
+
+def _within(fn: Callable[[], T], seconds: float) -> T:
+    """``fn()`` in a daemon thread: its result or its exception, or :class:`_NoAnswer` after ``seconds`` (the
+    thread is then left behind: nothing can stop ``ray.init`` or a resolver, and a daemon thread does not hold up exit)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="rcnn-ray-connect", daemon=True)
+    thread.start()
+    thread.join(max(seconds, 0.0))
+    if thread.is_alive():
+        raise _NoAnswer()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _ray_endpoint(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a Ray address (``HOST:PORT``, ``ray://HOST:PORT``; ``auto``: ``$RAY_ADDRESS``); None: nothing to check."""
+    text = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    host, sep, port = text.split("://", 1)[-1].strip().rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """Resolve the host of ``address`` and open a TCP connection to its port, within ``timeout`` seconds in all.
+
+    Raises:
+        RcnnError: one line naming the address: the host does not resolve, or nothing answers on the port.
+    """
+    endpoint = _ray_endpoint(address)
+    if endpoint is None:
+        return
+    host, port = endpoint
+    deadline = time.monotonic() + timeout
+    where = f"cannot connect to the Ray cluster at {address}"
+    try:
+        _within(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
+    except _NoAnswer:
+        raise RcnnError(f"{where}: the name {host} did not resolve within {timeout:g} s") from None
+    except (OSError, UnicodeError) as e:  # socket.gaierror; a host name too long for IDNA
+        raise RcnnError(f"{where}: the name {host} does not resolve ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        socket.create_connection((host, port), timeout=max(deadline - time.monotonic(), 0.1)).close()
+    except TimeoutError:
+        raise RcnnError(f"{where}: no answer on port {port} within {timeout:g} s") from None
+    except OSError as e:
+        raise RcnnError(f"{where}: {e.strerror or e}") from None
+
+
 @contextmanager
-def ray_cluster(address: str = LOCAL, num_cpus: int | None = None) -> Iterator[Any]:
+def ray_cluster(address: str = LOCAL, num_cpus: int | None = None, timeout: float = RAY_TIMEOUT) -> Iterator[Any]:
     """Connect to the Ray cluster at ``address`` (``local``: start one here); yields the ``ray`` module.
 
     A Ray session already open in this process (``ray.init`` by the caller, or an enclosing
@@ -159,18 +225,39 @@ def ray_cluster(address: str = LOCAL, num_cpus: int | None = None) -> Iterator[A
 
     Args:
         num_cpus: ``local`` only: the CPUs (so, parallel tasks) of the cluster started here; None: every core.
+        timeout: seconds to reach a cluster at ``address`` (its host resolved, its port answering, ``ray.init``
+            returned); ``local`` keeps Ray's own limits.
+
+    Raises:
+        RcnnError: one line naming the address: it does not resolve, does not answer within ``timeout``, or
+            ``ray.init`` fails; or a local cluster cannot be started.
+        ValueError: ``timeout`` is not a positive number of seconds.
     """
+    if not timeout > 0:
+        raise ValueError(f"'ray_timeout={timeout}' is invalid; give a positive number of seconds")
     ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     local = address == LOCAL
+    deadline = time.monotonic() + timeout
+    if not local:
+        _check_reachable(address, timeout)
+
+    def init() -> Any:
+        return ray.init(address=None if local else address, include_dashboard=False, log_to_driver=False,
+                        configure_logging=False, **({"num_cpus": num_cpus} if local and num_cpus else {}))
+
     for attempt in range(START_ATTEMPTS if local else 1):  # Ray gives its processes 30 s: a busy machine can miss it
         try:
-            ray.init(address=None if local else address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, **({"num_cpus": num_cpus} if local and num_cpus else {}))
+            if local:
+                init()
+            else:
+                _within(init, deadline - time.monotonic())
             break
+        except _NoAnswer:  # not shut down: that would wait on the connection that never answers
+            raise RcnnError(f"cannot connect to the Ray cluster at {address}: no answer within {timeout:g} s") from None
         except Exception as e:  # Ray raises plain Exception, ConnectionError, ValueError, ...
             ray.shutdown()
             if attempt == (START_ATTEMPTS if local else 1) - 1:

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .io import load_rgb, output_dir, print_err, write_atomic, write_json
+from .io import load_rgb, output_dir, output_subdir, print_err, write_atomic, write_json
 from .parse import FORMAT as PARSED_FORMAT
 from .parse import Annotation, Dataset, display_path, parse_dataset
+from .records import check_names, safe_child
 
 SUMMARY_FORMAT = "rcnn-show-v1"  # the format tag of summary.json
 
@@ -173,6 +174,7 @@ def show_dataset(source: str | Path, out: str | Path, split: str = "all", max_im
     images = ds.split(split)
     if not images:
         raise DataError(f"no images in split '{split}' of {display_path(source)}")
+    check_names([a.id for a in images], "image id")  # before anything is written
     out = output_dir(out, "show")
     summary = summarise(ds, images, split)
     plot_labels(ds, images, out / "labels.png", f"{display_path(Path(source).name)}: {split} ({len(images)} images, "
@@ -185,7 +187,7 @@ def show_dataset(source: str | Path, out: str | Path, split: str = "all", max_im
             failed.append(str(e))
             warn(f"error: {e}; skipped")
             continue
-        write_atomic(out / "images" / f"{a.id}.jpg", lambda tmp, im=image: Image.fromarray(im).save(tmp, format="JPEG", quality=90))
+        write_atomic(safe_child(output_subdir(out, "images"), a.id, ".jpg", "image id"), lambda tmp, im=image: Image.fromarray(im).save(tmp, format="JPEG", quality=90))
         drawn += 1
     summary["images_drawn"] = drawn
     write_json(out / "summary.json", summary)

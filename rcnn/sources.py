@@ -52,18 +52,32 @@ def open_video(source: Path | int | str) -> tuple[cv2.VideoCapture, float, int]:
     return cap, fps, max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
 
 
-def output_names(paths: list[Path]) -> list[str]:
-    """A distinct output name (no extension) for every input image: its stem, or ``stem_2``, ``stem_3``, ...
-    when several inputs share a stem (``a/x.jpg``, ``a/x.png``, ``b/x.jpg``)."""
+def output_names(paths: list[Path], streams: int = 0) -> list[str]:
+    """A distinct output name (no extension) for every input: its stem, or ``stem_2``, ``stem_3``, ...
+    when several inputs share a stem (``a/x.jpg``, ``a/x.png``, ``b/x.jpg``).
+
+    The frames of a video (and of the last ``streams`` inputs: a camera or stream) are written as ``<name>_<frame>``;
+    a video whose frames could take an image's name (``clip.mp4`` beside ``clip_0.jpg``) is named ``clip_2``, ... too.
+    """
     stems = {p.stem for p in paths}
+    framed = [is_video(p) or k >= len(paths) - streams for k, p in enumerate(paths)]
+    image_stems = {p.stem for p, f in zip(paths, framed) if not f}
     names: list[str] = []
-    for p in paths:
+    for p, f in zip(paths, framed):
         name, k = p.stem, 1
-        while name in names or (k > 1 and name in stems):
+        while (name in names or (k > 1 and name in stems) or (f and _frames_clash(name, image_stems))
+               or (not f and any(_frames_clash(n, {name}) for n, g in zip(names, framed) if g))):
             k += 1
             name = f"{p.stem}_{k}"
         names.append(name)
+        image_stems |= set() if f else {name}
     return names
+
+
+def _frames_clash(name: str, image_stems: set[str]) -> bool:
+    """Whether a frame name ``<name>_<n>`` is also an image's stem (or the name of one renamed ``<stem>_<k>``)."""
+    prefix = name + "_"
+    return any(s.startswith(prefix) and s[len(prefix):].isascii() and s[len(prefix):].isdigit() for s in image_stems)
 
 
 def find_inputs(inputs: list[str]) -> list[Path]:
@@ -109,7 +123,8 @@ class Source:
 def load_sources(paths: list[Path], stream: int | str | None) -> list[Source]:
     """Every input of a run, in order, each with its output name: the files, then the camera or stream."""
     targets: list[Path | int | str] = [*paths, *([stream] if stream is not None else [])]
-    names = output_names([*paths, *([Path(f"camera{stream}" if isinstance(stream, int) else "stream")] if stream is not None else [])])
+    names = output_names([*paths, *([Path(f"camera{stream}" if isinstance(stream, int) else "stream")] if stream is not None else [])],
+                         int(stream is not None))
     return [Source(t, n) for t, n in zip(targets, names)]
 
 

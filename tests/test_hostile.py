@@ -209,7 +209,9 @@ def log(c: hostile.Case, r: Result, bad: list[str]) -> None:
                                 "last": (lines(r.stderr) or lines(r.stdout) or [""])[-1][:400], "problems": bad}) + "\n")
 
 
-CASES = [pytest.param(n, marks=[pytest.mark.slow] if n in hostile.HEAVY else []) for n in hostile.case_names()]
+XFAIL = pytest.mark.xfail(strict=True, reason="issue 25: fixed after the refactor")
+CASES = [pytest.param(n, marks=([pytest.mark.slow] if n in hostile.HEAVY else []) + ([XFAIL] if n in hostile.XFAIL else []))
+         for n in hostile.case_names()]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..records import Annotation, Dataset, Problem, is_reserved_class
+from ..records import Annotation, Dataset, Problem, check_name, is_reserved_class
 from ..safe_read import display_path, is_dir, is_utf8, reason, resolve_path
 
 # Boxes may stick out of the image by this much (the 0- vs 1-based ambiguity of
@@ -151,7 +151,8 @@ def finish_dataset(images: list[Annotation], splits: dict[str, str] | None, prob
     """The steps every format shares: one record per id, the split, the reserved-name check and the class list.
 
     Raises:
-        DataError: a kept object uses a reserved class name.
+        DataError: a kept object uses a reserved class name, or an image id or class name would leave the folder
+            it becomes a path in (an absolute path or a ``..`` part, :func:`rcnn.records.check_name`).
     """
     unique: dict[str, Annotation] = {}
     for a in images:
@@ -169,7 +170,9 @@ def finish_dataset(images: list[Annotation], splits: dict[str, str] | None, prob
             a.split = splits[a.id]
             kept.append(a)
     for a in kept:
+        check_name(a.id, f"the image id in {display_path(a.annotation or a.path)}:")
         for o in a.objects:
+            check_name(o.label, f"the class name in {display_path(a.annotation)}:")
             if is_reserved_class(o.label):
                 raise DataError(
                     f"class name {o.label!r} in {display_path(a.annotation)} is reserved for the implicit background "

@@ -84,8 +84,12 @@ def find_layout(root: str | Path) -> tuple[Path, Path]:
     )
 
 
-def _read_split_file(path: Path) -> list[str] | None:
-    """The image ids listed in one ImageSets split file; None when there is no such file."""
+def _read_split_file(path: Path, known: frozenset[str] = frozenset()) -> list[str] | None:
+    """The image ids listed in one ImageSets split file; None when there is no such file.
+
+    A line is ``id`` or ``id flag``; a line that is (or, but its last word, is) one of the ``known`` ids (the
+    annotations' stems) is that id, spaces and all; any other line's id is its first word.
+    """
     name = display_path(path)
     try:
         data = read_regular(path)
@@ -97,18 +101,27 @@ def _read_split_file(path: Path) -> list[str] | None:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{name} is not UTF-8 text: {e}") from None
-    return [line.split()[0] for line in text.split("\n") if line.strip()]
+    return [_line_id(line, known) for line in text.split("\n") if line.strip()]
 
 
-def read_split_files(root: Path) -> dict[str, str] | None:
+def _line_id(line: str, known: frozenset[str]) -> str:
+    """The id one split-file line names (see :func:`_read_split_file`)."""
+    for candidate in (line.rstrip("\r"), line.strip(), line.strip().rsplit(None, 1)[0]):
+        if candidate in known:
+            return candidate
+    return line.split()[0]
+
+
+def read_split_files(root: Path, known: frozenset[str] = frozenset()) -> dict[str, str] | None:
     """Map image id -> "train"/"test" from ``ImageSets/Main/{train,trainval,val,test}.txt`` (see
-    :func:`rcnn.formats.common.assign_splits`); None when there are none.
+    :func:`rcnn.formats.common.assign_splits`); None when there are none. ``known``: the annotations' ids, which
+    may hold spaces (:func:`_read_split_file`).
 
     Raises:
         DataError: a split file exists but is not a readable UTF-8 text file.
     """
     main = Path(root) / "ImageSets" / "Main"
-    found = {f: _read_split_file(main / f"{f}.txt") for f in ("train", "trainval", "val", "test")}
+    found = {f: _read_split_file(main / f"{f}.txt", known) for f in ("train", "trainval", "val", "test")}
     if all(v is None for v in found.values()):
         return None
     return assign_splits({f: ids for f, ids in found.items() if ids is not None})
@@ -329,8 +342,8 @@ def read_voc(root: str | Path | None, annotations_dir: str | Path | None, images
     from tqdm import tqdm
 
     annotations_dir, images_dir, split_root, split_root_text = _folders(root, annotations_dir, images_dir)
-    split_ids = read_split_files(split_root)  # before the long parse: a bad split file fails fast
     xml_files = _xml_files(annotations_dir)
+    split_ids = read_split_files(split_root, frozenset(x.stem for x in xml_files))  # before the long parse: fails fast
     images: list[Annotation] = []
     problems: list[Problem] = []
     for xml in tqdm(xml_files, desc="parse", unit="file", disable=None if progress else True, leave=False):

@@ -7,7 +7,7 @@
 * Class names: ``data.yaml``'s ``names`` (a list, or an ``{id: name}`` mapping), else ``classes.txt`` (one name a
   line, in ``DATA/`` or ``DATA/labels/``).
 * Layout: ``data.yaml``'s ``train``/``val``/``test`` folders (relative to its ``path``, itself relative to the
-  YAML file; only local folders, never URLs), else ``DATA/images/<split>/`` subfolders, else ``DATA/images/``
+  YAML file; only local folders inside that dataset folder, never URLs or ``../other``), else ``DATA/images/<split>/`` subfolders, else ``DATA/images/``
   (the seeded random split). The label of ``.../images/x/a.jpg`` is ``.../labels/x/a.txt`` (Ultralytics' rule;
   next to the image when its path has no ``images`` folder); an image without a label file has no objects.
   Splits: see :func:`rcnn.formats.common.assign_splits`.
@@ -123,6 +123,12 @@ def _local(value: Any, base: Path, where: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def _inside(folder: Path, root: Path) -> bool:
+    """Whether ``folder`` (links and ``..`` resolved) is ``root`` or lies inside it."""
+    real, real_root = os.path.realpath(folder), os.path.realpath(root)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
 def _yaml_layout(path: Path) -> tuple[list[str | None], list[tuple[str, Path]]]:
     d = load_yaml(path)
     name = display_path(path)
@@ -137,6 +143,9 @@ def _yaml_layout(path: Path) -> tuple[list[str | None], list[tuple[str, Path]]]:
             continue
         for v in value if isinstance(value, list) else [value]:
             folder = _local(v, root, f"{name}: {key!r}")
+            if not _inside(folder, root):
+                raise DataError(f"{name}: {key!r} is {v!r}, which leaves the dataset folder {display_path(root)}; "
+                                "only folders inside it are read")
             if file_kind(folder) == "file":
                 raise DataError(f"{name}: {key!r} is the file {display_path(folder)}; image list files are not "
                                 "supported, point it at a folder of images")

@@ -25,10 +25,10 @@ def blocks_list(ctx: click.Context, param: click.Parameter, value: str | None) -
     """Click callback: "2,2,2" -> (2, 2, 2)."""
     if value is None:
         return None
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of block counts, e.g. 2,2,2") from None
+    parts = [v.strip() for v in value.split(",")]
+    if not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):  # int() would take "２", "2_0", "+2"
+        raise click.BadParameter(f"{value[:60]!r} is not a comma-separated list of block counts, e.g. 2,2,2")
+    return tuple(int(v) for v in parts)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -75,7 +75,7 @@ def train_cmd(data: Path, out: Path, variant: str | None, quiet: bool, **options
     from .model import ResNetConfig, parse_variant
     from .train import StudyTrainConfig, train_study
 
-    model_config = configured(ResNetConfig(**(parse_variant(variant) if variant else {})), options)
+    model_config = configured(ResNetConfig(**(parse_variant(variant) if variant is not None else {})), options)
     report = train_study(data, out, model_config, configured(StudyTrainConfig(), options), progress=not quiet)
     click.echo(f"{report.variant}: test accuracy {report.test_accuracy:.4f} (best epoch {report.best_epoch}, "
                f"val {report.best_val_accuracy:.4f}, {report.parameters} parameters, "
@@ -98,8 +98,10 @@ def separability_cmd(runs: tuple[Path, ...], data: Path | None, compare: Path | 
     from .study import COMPARE_TAG, SeparabilityConfig, format_table, plot_comparison, run_separability
 
     config = configured(SeparabilityConfig(), options)
-    if compare is not None:  # refuse a path it may not write before the work, not after
-        check_output_file(compare, COMPARE_TAG, what="--compare", folders=("resnet",))
+    if compare is not None:  # refuse a path it may not write before the work (a run's own files among them), not after
+        own = tuple(Path(r) / f"separability{ext}" for r in runs for ext in (".json", ".csv", ".png"))
+        check_output_file(compare, COMPARE_TAG, inputs=own, what="--compare", folders=("resnet",))
+        compare.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails here, not after the work
     for run in runs:
         rows = run_separability(run, data, config, progress=not quiet)
         click.echo(f"{run}:\n{format_table(rows)}")

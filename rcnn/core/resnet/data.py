@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,17 @@ def read_cifar_batch(path: str | os.PathLike, n_classes: int = 10) -> ImageSplit
     """One CIFAR-10 binary batch file.
 
     Raises:
-        DataError: the file is missing, empty, not a whole number of 3073-byte records, or has a label >= ``n_classes``.
+        DataError: the file is missing, not a regular file (a FIFO would block), empty, not a whole number of 3073-byte records, or has a label >= ``n_classes``.
     """
     path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"CIFAR-10 batch not found: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):  # a FIFO or device would block (or never end) the read
+        raise DataError(f"CIFAR-10 batch {path} is not a regular file")
     try:
         raw = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:

@@ -14,14 +14,22 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-__all__ = ["NORMS", "SHORTCUTS", "PATHS", "STUDY_VARIANTS", "parse_variant", "ResNetConfig", "ResidualBlock", "MyResNet", "make_norm", "inner_width"]
+__all__ = ["NORMS", "SHORTCUTS", "PATHS", "MAX_STAGES", "MAX_BLOCKS", "STUDY_VARIANTS", "parse_variant", "ResNetConfig", "ResidualBlock", "MyResNet", "make_norm", "inner_width"]
 
 NORMS = ("none", "batch", "group", "layer")
 SHORTCUTS = ("identity", "conv1x1", "none")
 PATHS = (1, 2, 4)
+MAX_STAGES = 6  # a 32-pixel input halved at each later stage is 1 pixel at the sixth
+MAX_BLOCKS = 100  # residual blocks in all (CIFAR's ResNet-110 has 54): more would train for hours, not a study
 # The study: the default network, then one setting changed at a time.
 STUDY_VARIANTS = ("batch-identity-p1", "none-identity-p1", "group-identity-p1", "layer-identity-p1",
                   "batch-conv1x1-p1", "batch-none-p1", "batch-identity-p2", "batch-identity-p4")
+
+
+def _short(blocks: tuple[int, ...], limit: int = 12) -> str:
+    """``blocks`` as a list, cut after ``limit`` entries and 60 characters (an error message stays one short line)."""
+    text = ",".join(map(str, blocks[:limit])) + (",..." if len(blocks) > limit else "")
+    return f"[{text[:60]}{'...' if len(text) > 60 else ''}]"
 
 
 def parse_variant(name: str) -> dict[str, object]:
@@ -61,6 +69,9 @@ class ResNetConfig:
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))  # a JSON list becomes a tuple again
         if not self.blocks or any(b < 1 for b in self.blocks):
             raise ValueError(f"'blocks={list(self.blocks)}' is invalid; give at least one stage of at least one block")
+        if len(self.blocks) > MAX_STAGES or sum(self.blocks) > MAX_BLOCKS:
+            raise ValueError(f"'blocks={_short(self.blocks)}' is invalid; give at most {MAX_STAGES} stages "
+                             f"(each later one halves the 32-pixel input) and at most {MAX_BLOCKS} blocks in all")
         if self.group_norm_groups < 1 or self.classes < 2:
             raise ValueError("'group_norm_groups' must be >= 1 and 'classes' >= 2")
 
