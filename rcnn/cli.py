@@ -19,7 +19,7 @@ from .clitools import (LibraryOption, RegistryChoice, apply, configured, csv_lis
                        library_default, one_line, option_for, resolve, split_csv)
 from .cli_options import (ARCH_CHOICE, BACKBONE, CROP, DETECT, DETECT_FN, EXISTING_DIR, EXISTING_FILE, FAST,  # noqa: F401
                           FAST_DEFAULT, FORMATS, PIPELINE, PROPOSE, TRAIN, arch_help, check_train_arch, detect_options,
-                          detect_outputs, detect_settings, given_args, propose_options, scale_options, steps_split,
+                          detect_outputs, detect_settings, given_args, propose_options, ray_session, scale_options, steps_split,
                           train_arch_default)
 from .io import check_output_file, print_err as warn
 
@@ -119,8 +119,9 @@ def propose(parsed: Path, out: Path, split: str, **options: Any) -> None:
     from .parse import Dataset
     from .propose import ProposeConfig, format_report, propose_dataset
 
-    report = propose_dataset(Dataset.load(parsed), out, configured(ProposeConfig(), options), split=split,
-                             echo=click.echo, warn=warn, **given(options, "workers", "shard", "ray"))
+    with ray_session(options.get("ray"), options.pop("ray_timeout", None)):
+        report = propose_dataset(Dataset.load(parsed), out, configured(ProposeConfig(), options), split=split,
+                                 echo=click.echo, warn=warn, **given(options, "workers", "shard", "ray"))
     click.echo(format_report(report))
     click.echo(f"proposals saved to {out}")
 
@@ -151,8 +152,9 @@ def crop(parsed: Path, proposals: Path, out: Path, split: str, fmt: str, **optio
     from .crop import CropConfig, crop_dataset, format_report
     from .parse import Dataset
 
-    report = crop_dataset(Dataset.load(parsed), proposals, out, configured(CropConfig(), options), split=split,
-                          imagefolder=fmt == "imagefolder", warn=warn, **given(options, "shard", "ray"))
+    with ray_session(options.get("ray"), options.pop("ray_timeout", None)):
+        report = crop_dataset(Dataset.load(parsed), proposals, out, configured(CropConfig(), options), split=split,
+                              imagefolder=fmt == "imagefolder", warn=warn, **given(options, "shard", "ray"))
     click.echo(format_report(report))
     click.echo(f"region set saved to {out}")
 
@@ -239,7 +241,8 @@ def detect_cmd(model_dir: Path | None, inputs: tuple[str, ...], out: Path | None
     if merge is not None:
         if model_dir is not None or inputs or shard is not None or source is not None:
             raise click.UsageError("--merge RUN takes no MODEL_DIR, INPUTS, --shard or --source: the run folder records them")
-        merge_detections(merge, echo=click.echo, warn=warn, ray=ray)
+        with ray_session(ray, options.get("ray_timeout")):
+            merge_detections(merge, echo=click.echo, warn=warn, ray=ray)
         return
     if model_dir is None:
         raise click.UsageError("give MODEL_DIR (a folder of `rcnn train`), or --merge RUN")
@@ -251,9 +254,10 @@ def detect_cmd(model_dir: Path | None, inputs: tuple[str, ...], out: Path | None
     model = load_model(model_dir, config.device)
     # selective search as the model was trained, with the options given on top
     config = dataclasses.replace(config, propose=configured(model_propose_config(model), options))
-    detect(model, list(inputs), out or next_run_dir("runs/detect", name), config, save_images=not no_images,
-           save_xml=save_xml, proposals=proposals, echo=click.echo, warn=warn, source=source, shard=shard, ray=ray,
-           **given(options, "save_txt", "save_conf", "save_crop"))
+    with ray_session(ray, options.get("ray_timeout")):
+        detect(model, list(inputs), out or next_run_dir("runs/detect", name), config, save_images=not no_images,
+               save_xml=save_xml, proposals=proposals, echo=click.echo, warn=warn, source=source, shard=shard, ray=ray,
+               **given(options, "save_txt", "save_conf", "save_crop"))
 
 
 # --------------------------------------------------------------------------- export

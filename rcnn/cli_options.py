@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import click
 
 from .arch import ARCHS, arch_for_input, get_arch
 from .clitools import RegistryChoice, apply, option_for, split_csv
+from .scale import RAY_TIMEOUT, ray_cluster
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -67,12 +69,18 @@ def ray_option(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 def scale_options(source: str, shard: bool = True) -> Callable[[Any], Any]:
-    """``--shard K/N`` (unless ``shard`` is False) and ``--ray [ADDRESS]`` (the ``ray`` setting of ``source``)."""
+    """``--shard K/N`` (unless ``shard`` is False), ``--ray [ADDRESS]`` (the ``ray`` setting of ``source``) and
+    ``--ray-timeout`` (the pipeline's ``ray_timeout``; other commands reach the cluster with :func:`ray_session`)."""
     ray = option_for(
         source, "ray", "--ray", is_flag=False, flag_value="local", callback=ray_option, metavar="[ADDRESS]",
         default_text="no Ray",
         help="Run the per-image work as Ray tasks (pip install 'rcnn[ray]'): on the cluster at ADDRESS (auto, "
              "HOST:PORT, ray://HOST:10001), or on a local one started here (--ray alone, or --ray local).")
+    timeout = option_for(
+        PIPELINE, "ray_timeout", "--ray-timeout", type=click.FloatRange(0, min_open=True),
+        help="Seconds to reach the --ray cluster (its name resolved, its port answering, ray.init returned) before "
+             "giving up with one line.")
+    ray = apply(ray, timeout)
     if not shard:
         return ray
     return apply(click.option(
@@ -80,6 +88,17 @@ def scale_options(source: str, shard: bool = True) -> Callable[[Any], Any]:
         help="Process only shard K of N: the images whose index, sorted by path, is K modulo N. Shards may run at "
              "once into one --out; a run without --shard then writes the report, computing only what is missing. "
              "From a scheduler: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT."), ray)
+
+
+@contextmanager
+def ray_session(ray: str | None, timeout: float | None) -> Iterator[None]:
+    """The command's --ray cluster, reached once within --ray-timeout (``timeout``; None: :data:`rcnn.scale.RAY_TIMEOUT`);
+    the stage's tasks then run in this open session. Without --ray, nothing."""
+    if ray is None:
+        yield
+        return
+    with ray_cluster(ray, timeout=RAY_TIMEOUT if timeout is None else timeout):
+        yield
 
 
 # --------------------------------------------------------------------------- propose

@@ -26,7 +26,7 @@ from .model import load_model
 from .parse import Dataset, format_summary, parse_dataset
 from .propose import ProposalSet, ProposeConfig, proposal_report, propose_dataset, recall
 from .report import make_report
-from .scale import ray_cluster
+from .scale import RAY_TIMEOUT, ray_cluster
 from .synth import make_dataset
 
 METRICS_FORMAT = "rcnn-metrics-v1"
@@ -45,6 +45,7 @@ class PipelineConfig:
     # Run propose, crop and detect as Ray tasks on this cluster ("auto", an address, or "local": one started
     # here) instead of local processes; None: no Ray (rcnn.scale)
     ray: str | None = None
+    ray_timeout: float = RAY_TIMEOUT  # seconds to reach that cluster before giving up with one line (rcnn.scale)
     arch: str = DEFAULT_ARCH  # a name in rcnn.arch.ARCHS (its default is chosen and measured there)
     propose: ProposeConfig = field(default_factory=ProposeConfig)
     crop: CropConfig = field(default_factory=CropConfig)  # architectures with a crop stage
@@ -166,7 +167,7 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | Non
     config = config or PipelineConfig()
     if config.ray is None:
         return _run_pipeline(data, out, config, echo, warn)
-    with ray_cluster(config.ray):  # one cluster (or connection) for every stage
+    with ray_cluster(config.ray, timeout=config.ray_timeout):  # one cluster (or connection) for every stage
         return _run_pipeline(data, out, config, echo, warn)
 
 

@@ -32,7 +32,6 @@ from rcnn.cli import main
 from tests.conftest import voc_xml
 
 REPO = Path(__file__).resolve().parents[1]
-AFTER_REFACTOR = pytest.mark.xfail(strict=True, reason="issue 25: fixed after the refactor")
 DETECT_FAST = ("--device", "cpu", "--max-side", "100", "--detect-proposals", "40")
 BOUND_S = 60.0  # the issue's contract: an unreachable cluster is one line within 60 s
 
@@ -532,7 +531,6 @@ def detections_of(run: Path) -> list[dict[str, Any]]:
     return d if isinstance(d, list) else d["detections"]
 
 
-@AFTER_REFACTOR
 def test_runtime_auto_never_uses_an_onnx_graph_of_another_model(synth_model: Path, synth_data: Path, tmp_path: Path):
     pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
@@ -683,3 +681,21 @@ def test_core_model_load_of_a_pickled_object_array_is_one_line_through_the_cli_w
                 and "--help" not in ln]) <= 2
     assert not list(tmp_path.rglob("PWNED"))
 
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed")
+@pytest.mark.parametrize("command", ["propose", "pipeline"])
+def test_ray_timeout_option_reaches_the_cluster_connection(command: str, synth_parsed: Path, synth_props: Path,
+                                                           synth_model: Path, synth_data: Path, tmp_path: Path):
+    import socket
+
+    with socket.socket() as srv:  # answers TCP, never speaks Ray: only the timeout ends the wait
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(5)
+        address = f"127.0.0.1:{srv.getsockname()[1]}"
+        args = [*ray_args(command, tmp_path, synth_parsed, synth_props, synth_model, synth_data), "--ray", address,
+                "--ray-timeout", "3"]
+        code, text, seconds = run_bounded(args, tmp_path)
+    assert code is not None and code != 0, text[-1500:]
+    last = [ln for ln in text.splitlines() if ln.strip()][-1]
+    assert address in last and "within 3 s" in last, last
