@@ -47,7 +47,7 @@ __all__ = [  # the detection API, as importable from here before it was split by
     "VIDEO_CODECS", "VIDEO_EXTENSIONS", "DetectConfig", "Detection", "ImageResult", "RunFiles", "RunPlan", "VideoSink",
     "VideoSummary", "camera_source", "check_classes", "check_outputs", "coco_results", "crop_detections", "describe",
     "detect", "detect_image", "detect_video", "draw_detections", "find_inputs", "folder_name", "merge_detections",
-    "model_key", "model_propose_config", "next_run_dir", "open_video", "output_names", "is_video", "score_regions",
+    "model_key", "model_propose_config", "next_run_dir", "open_video", "output_names", "is_video", "score_image", "score_regions",
     "select_detections", "voc_xml", "vote_boxes", "write_jpeg", "write_outputs", "yolo_labels",
 ]
 
@@ -138,18 +138,34 @@ def score_regions(model: LoadedModel, image: np.ndarray, boxes: np.ndarray, batc
     return model.score_boxes(image, boxes, batch_size)
 
 
-def detect_image(model: LoadedModel, image: np.ndarray, config: DetectConfig, proposals: np.ndarray | None = None) -> tuple[list[Detection], dict[str, float], int]:
-    """Detect objects in one RGB image; returns (detections, seconds per step, proposals scored)."""
+def score_image(model: LoadedModel, image: np.ndarray, config: DetectConfig, proposals: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """The scored regions of one RGB image before post-processing: (boxes ``[N, 4]``, probabilities ``[N, C]``,
+    deltas ``[N, C, 4]``, seconds of ``propose`` and ``score``). ``config`` must be resolved for the model's arch.
+
+    Regions are the first ``config.score_proposals`` of ``proposals`` (given), of selective search (the model's
+    settings unless ``config.propose``), or, for an architecture that proposes its own (:attr:`ArchSpec.detector`),
+    of the model's (then ``proposals`` are ignored and ``propose`` is 0: one pass does both).
+    """
     t0 = time.perf_counter()
-    config = config.resolved(model.arch)
+    if model.spec.own_proposals:
+        boxes, scores, deltas = model.spec.part("detector")(model, image, config.score_proposals)
+        return boxes, scores, deltas, {"propose": 0.0, "score": round(time.perf_counter() - t0, 3)}
     if proposals is None:
         proposals = selective_search(image, config.propose or model_propose_config(model))
     boxes = proposals[: config.score_proposals]
     t1 = time.perf_counter()
     scores, deltas = score_regions(model, image, boxes, config.forward_batch)
-    t2 = time.perf_counter()
+    return boxes, scores, deltas, {"propose": round(t1 - t0, 3), "score": round(time.perf_counter() - t1, 3)}
+
+
+def detect_image(model: LoadedModel, image: np.ndarray, config: DetectConfig, proposals: np.ndarray | None = None) -> tuple[list[Detection], dict[str, float], int]:
+    """Detect objects in one RGB image; returns (detections, seconds per step, proposals scored)."""
+    t0 = time.perf_counter()
+    config = config.resolved(model.arch)
+    boxes, scores, deltas, secs = score_image(model, image, config, proposals)
     dets = select_detections(boxes, scores, model.classes, config, deltas, (image.shape[1], image.shape[0]))
-    return dets, {"propose": round(t1 - t0, 3), "score": round(t2 - t1, 3), "total": round(time.perf_counter() - t0, 3)}, len(boxes)
+    return dets, {**secs, "total": round(time.perf_counter() - t0, 3)}, len(boxes)
 
 
 def plan_config(config: dict[str, Any]) -> DetectConfig:

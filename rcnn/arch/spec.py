@@ -49,10 +49,22 @@ class ArchSpec:
     score_threshold: float  # keep class scores at or above this
     scored_proposals: int  # score the first N stored proposals of each image
     forward_batch: int = 0  # regions per forward pass; 0 = auto (rcnn.model.auto_batch_size: 4 on a CPU, 64 on a GPU)
+    # "module:fn" for an architecture that proposes its own regions (no selective search at detection):
+    # detector(model, image, n) -> (boxes [N, 4] original pixels, probs [N, C], deltas [N, C, 4]) of its first n
+    # proposals, from one pass over the image. "": detection runs selective search, then ``scorer``.
+    detector: str = ""
+    # "module:fn" for an architecture whose model can propose regions for the others (`rcnn propose --model`):
+    # proposer(model, image, n) -> boxes [N, 4] (original pixels, best first). "": it cannot.
+    proposer: str = ""
 
     def __post_init__(self) -> None:
         if self.input not in INPUTS:
             raise ValueError(f"'input={self.input}' is invalid; valid inputs are {', '.join(INPUTS)}")
+
+    @property
+    def own_proposals(self) -> bool:
+        """Whether its models find their own regions at detection (no selective search)."""
+        return bool(self.detector)
 
     def settings_class(self) -> type:
         """The training settings dataclass (no torch import)."""
