@@ -92,6 +92,28 @@ def class_pr(dets: dict[str, tuple[np.ndarray, np.ndarray]], gts: dict[str, tupl
     return tp / n_pos, tp / np.maximum(tp + fp, np.finfo(float).eps), n_pos
 
 
+def voc_map50(detections: list[tuple[np.ndarray, np.ndarray, np.ndarray]], truths: list[tuple[np.ndarray, np.ndarray]],
+              n_classes: int) -> float:
+    """VOC mAP@0.5 of in-memory detections (no files, no names): what training validates with.
+
+    Args:
+        detections: per image (boxes [N, 4], scores [N], 1-based class ids [N]).
+        truths: per image, in the same order (boxes [G, 4], 1-based class ids [G]); none is difficult.
+        n_classes: object classes plus background (ids 1 .. n_classes - 1 are scored).
+
+    Returns:
+        The mean AP over the classes with ground truth (0.0 when none has).
+    """
+    aps = []
+    for c in range(1, n_classes):
+        dets = {i: (b[l == c], s[l == c]) for i, (b, s, l) in enumerate(detections)}
+        gts = {i: (b[l == c], np.zeros(int((l == c).sum()), bool)) for i, (b, l) in enumerate(truths)}
+        rec, prec, n_pos = class_pr(dets, gts, 0.5)
+        if n_pos:
+            aps.append(average_precision(rec, prec))
+    return float(np.mean(aps)) if aps else 0.0
+
+
 def _group(detections: list[dict[str, Any]], images: list[Annotation], cls: str):
     ids = {a.id for a in images}
     dets: dict[str, tuple[list, list]] = {}

@@ -302,9 +302,19 @@ def with_runtime(model: LoadedModel, runtime: str) -> tuple[LoadedModel, str]:
 
     "auto" is onnxruntime where it is installed, the model runs on the CPU and its folder holds a graph
     exported from it (``rcnn export MODEL``), else PyTorch; "onnx" exports the network when there is no such graph.
+    An architecture that proposes its own regions (:attr:`rcnn.arch.ArchSpec.detector`) runs in PyTorch: its graph
+    scores given regions, its detection runs the proposal network too ("auto" is then "torch", "onnx" an error).
+
+    Raises:
+        ValueError: "onnx" for such an architecture.
     """
     if isinstance(model, OnnxModel) or runtime == "torch":
         return model, "onnx" if isinstance(model, OnnxModel) else "torch"
+    if model.spec.own_proposals:
+        if runtime == "onnx":
+            raise ValueError(f"--runtime onnx is not available for --arch {model.arch} models (they propose their own "
+                             "regions in PyTorch); use --runtime torch")
+        return model, "torch"
     if runtime == "auto":
         if model.device.type != "cpu" or model.folder is None or not (model.folder / "model.onnx").is_file():
             return model, "torch"  # (checked first: no onnx import, no file read, for a folder without a graph)

@@ -169,7 +169,7 @@ class ModelConfig:
         if not _is_int(self.hidden) or not 1 <= self.hidden <= 65536 or not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ValueError(f"'hidden={self.hidden!r}', 'dropout={self.dropout!r}' are invalid")
         if self.arch not in ARCHS:
-            raise ValueError(f"'arch={self.arch!r}' is unknown; this version reads {' and '.join(ARCHS)} models")
+            raise ValueError(f"'arch={self.arch!r}' is unknown; this version reads {', '.join(ARCHS)} models")
         get_arch(self.arch).part("check_config")(self)
         if not isinstance(self.files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in self.files.items()):
             raise ValueError("'files' must map file names to SHA-1 digests")

@@ -15,6 +15,7 @@ from typing import Any
 
 from .arch import ARCHS, DEFAULT_ARCH, ArchSpec, get_arch
 from .arch.fast.config import FastConfig
+from .arch.faster.config import FasterConfig
 from .arch.rcnn.config import TrainConfig
 from .crop import CropConfig, crop_dataset
 from .detect import DetectConfig, detect
@@ -52,6 +53,7 @@ class PipelineConfig:
     # Each architecture's training settings, in the field its registry entry names (ArchSpec.pipeline_key)
     train: TrainConfig = field(default_factory=TrainConfig)
     fast: FastConfig = field(default_factory=FastConfig)
+    faster: FasterConfig = field(default_factory=FasterConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     report: bool = True  # write the error-analysis page <out>/report/index.html (rcnn.report) after evaluating
 

@@ -35,7 +35,7 @@ def test_importing_the_registry_imports_no_torch():
 
 
 def test_every_part_a_spec_names_exists():
-    assert list(ARCHS) == ["fast", "rcnn"] and DEFAULT_ARCH in ARCHS
+    assert list(ARCHS) == ["fast", "rcnn", "faster"] and DEFAULT_ARCH in ARCHS
     refs = ("settings", "trainer", "network", "check_config", "scorer", "graph")
     for name, spec in ARCHS.items():
         assert spec.name == name and spec.input in ("regions", "parsed")
@@ -47,12 +47,12 @@ def test_every_part_a_spec_names_exists():
 
 def test_arch_choices_and_help_come_from_the_registry(monkeypatch):
     for command in ("train", "pipeline"):
-        assert "--arch [fast|rcnn]" in help_text(command)
+        assert "--arch [fast|rcnn|faster]" in help_text(command)
     for name, spec in ARCHS.items():  # each entry's own words
         assert f"{name}: {spec.summary}" in help_text("train") and f"{name}: {spec.title}" in help_text("pipeline")
     # a registered architecture is a choice at once
     monkeypatch.setitem(ARCHS, "tiny", dataclasses.replace(ARCHS["fast"], name="tiny"))
-    assert "--arch [fast|rcnn|tiny]" in help_text("train") and "--arch [fast|rcnn|tiny]" in help_text("pipeline")
+    assert "--arch [fast|rcnn|faster|tiny]" in help_text("train") and "--arch [fast|rcnn|faster|tiny]" in help_text("pipeline")
 
 
 def test_train_arch_default_follows_the_input_kind():
@@ -61,11 +61,11 @@ def test_train_arch_default_follows_the_input_kind():
 
 
 def test_an_unknown_arch_is_a_one_line_error_naming_the_registered_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"'arch=nope' is unknown; valid architectures are fast, rcnn$"):
+    with pytest.raises(ValueError, match=r"'arch=nope' is unknown; valid architectures are fast, rcnn, faster$"):
         get_arch("nope")
     from rcnn.pipeline import PipelineConfig
 
-    with pytest.raises(ValueError, match="valid architectures are fast, rcnn"):
+    with pytest.raises(ValueError, match="valid architectures are fast, rcnn, faster"):
         PipelineConfig(arch="nope")
     for command in (["train", str(tmp_path), "--out", str(tmp_path / "m")], ["pipeline", str(tmp_path), "--out", str(tmp_path / "r")]):
         res = CliRunner().invoke(main, [*command, "--arch", "nope"])
@@ -76,7 +76,7 @@ def test_an_unknown_arch_is_a_one_line_error_naming_the_registered_ones(tmp_path
 def test_a_model_folder_of_an_unknown_arch_is_refused(tmp_path):
     from rcnn.model import ModelConfig
 
-    with pytest.raises(ValueError, match="'arch='nope'' is unknown; this version reads fast and rcnn models"):
+    with pytest.raises(ValueError, match="'arch='nope'' is unknown; this version reads fast, rcnn, faster models"):
         ModelConfig(["background", "cat"], "efficientnet_lite0", 64, (0.5,) * 3, (0.2,) * 3, arch="nope")
 
 

@@ -19,10 +19,11 @@ Importing this package does not import torch.
 from __future__ import annotations
 
 from .fast import SPEC as FAST
+from .faster import SPEC as FASTER
 from .rcnn import SPEC as RCNN
 from .spec import ArchSpec, load
 
-ARCHS: dict[str, ArchSpec] = {spec.name: spec for spec in (FAST, RCNN)}  # one line per architecture
+ARCHS: dict[str, ArchSpec] = {spec.name: spec for spec in (FAST, RCNN, FASTER)}  # one line per architecture
 # `rcnn pipeline` (and a `rcnn train` of a parsed file) uses Fast R-CNN unless told otherwise: measured on
 # raccoon and bccd (README), it is more accurate than the classic path and faster.
 DEFAULT_ARCH = "fast"

@@ -63,7 +63,7 @@ class FastRCNN(nn.Module):
             if isinstance(m, nn.BatchNorm2d):
                 for p in m.parameters():
                     p.requires_grad_(False)
-        fine = _out_channels(stages[2]) if fine_features else 0
+        fine = out_channels(stages[2]) if fine_features else 0
         self.fine_pool = MultiScaleRoIAlign(["0"], roi_size, sampling_ratio=2)
         self.roi_heads = RoIHeads(
             MultiScaleRoIAlign(["0"], roi_size, sampling_ratio=2), TwoMLPHead((channels + fine) * roi_size**2, hidden),
@@ -132,7 +132,7 @@ class FastRCNN(nn.Module):
         return torch.softmax(logits, 1).float().cpu().numpy(), deltas.float().cpu().numpy()
 
 
-def _out_channels(stage: nn.Module) -> int:
+def out_channels(stage: nn.Module) -> int:
     """Channels a backbone stage outputs (its last BatchNorm's)."""
     return [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
 

@@ -67,8 +67,9 @@ class FastRun:
 
 
 def prepare(images: list[Any], classes: list[str], proposals: Any, config: FastConfig, progress: bool,
-            echo: Callable[[str], Any], dist: Dist) -> FastRun:
-    """Build the network, cache the frozen stages' output of every image and split off the validation images."""
+            echo: Callable[[str], Any], dist: Dist, build: Callable[[Any, int], FastRCNN] = build_net) -> FastRun:
+    """Build the network (``build(config, n_classes)``), cache the frozen stages' output of every image and split
+    off the validation images."""
     if config.images_per_step % dist.world_size:
         raise ValueError(f"'images_per_step={config.images_per_step}' must be a multiple of the {dist.world_size} "
                          f"processes (each takes its share of a step's images); use --images-per-step {dist.world_size}")
@@ -77,7 +78,7 @@ def prepare(images: list[Any], classes: list[str], proposals: Any, config: FastC
     n_classes = len(classes) + 1
     # train(): the frozen stages (and every BatchNorm) in eval mode already while their output is cached, so the
     # cache holds what predict() computes and the saved ImageNet statistics are not moved by the training images
-    net = build_net(config, n_classes).to(dist.device).train()
+    net = build(config, n_classes).to(dist.device).train()
     usable = [a for a in images if len(a.objects)]
     if len(usable) < 2:
         raise DataError(f"Fast R-CNN needs at least 2 training images with objects; got {len(usable)}")

@@ -1,0 +1,63 @@
+"""Settings of Faster R-CNN: :class:`FasterConfig` (torch-free; saved in the model folder)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..fast.config import FastConfig, check_model_config as check_fast_model_config
+
+# Anchor sides (pixels of the resized image, short side image_size) at every stride-16 cell, each with every
+# ratio (height / width). 16-512 px covers bccd's platelets (~37 px resized) to raccoons filling the image;
+# measured as anchor recall on the train splits of the dev suite in docs/faster.md.
+ANCHOR_SIZES = (16, 32, 64, 128, 256, 512)
+ANCHOR_RATIOS = (0.5, 1.0, 2.0)
+
+
+@dataclass
+class FasterConfig(FastConfig):
+    """Faster R-CNN training settings (Fast R-CNN's, plus the region proposal network's); saved in the model folder.
+
+    The RPN's defaults are torchvision's (``fasterrcnn_resnet50_fpn``) unless a comment says otherwise.
+    """
+
+    anchor_sizes: tuple[int, ...] = ANCHOR_SIZES
+    anchor_ratios: tuple[float, ...] = ANCHOR_RATIOS
+    rpn_fg_iou: float = 0.7  # an anchor is an object at IoU >= this with a ground-truth box ...
+    rpn_bg_iou: float = 0.3  # ... and background below this
+    rpn_batch: int = 256  # anchors sampled per image for the RPN's loss, half of them objects at most
+    rpn_nms_iou: float = 0.7  # NMS among the proposals of an image
+    rpn_pre_nms_train: int = 2000  # best anchors kept before that NMS, in training ...
+    rpn_post_nms_train: int = 2000  # ... and proposals after it (RoIHeads samples rois_per_image of them)
+    rpn_pre_nms_test: int = 1000  # the same at detection (the detector scores the first scored_proposals)
+    rpn_post_nms_test: int = 1000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
+        self.anchor_ratios = tuple(float(r) for r in self.anchor_ratios)
+        if not self.anchor_sizes or not self.anchor_ratios or min(self.anchor_sizes) < 1 or min(self.anchor_ratios) <= 0:
+            raise ValueError(f"need anchor sizes >= 1 and ratios > 0; got {self.anchor_sizes}, {self.anchor_ratios}")
+        if not 0.0 <= self.rpn_bg_iou <= self.rpn_fg_iou <= 1.0 or not 0.0 < self.rpn_nms_iou <= 1.0:
+            raise ValueError(f"need 0 <= rpn_bg_iou <= rpn_fg_iou <= 1 and 0 < rpn_nms_iou <= 1; got {self.rpn_bg_iou}, "
+                             f"{self.rpn_fg_iou}, {self.rpn_nms_iou}")
+        counts = (self.rpn_batch, self.rpn_pre_nms_train, self.rpn_post_nms_train, self.rpn_pre_nms_test, self.rpn_post_nms_test)
+        if min(counts) < 1:
+            raise ValueError(f"the RPN's batch and proposal counts must be >= 1; got {counts}")
+
+
+def from_record(train: dict[str, Any]) -> FasterConfig:
+    """The :class:`FasterConfig` a model folder's ``config.json`` records under "train"; raises ValueError."""
+    known = {f.name for f in fields(FasterConfig)}
+    try:
+        return FasterConfig(**{k: v for k, v in train.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"'train' of a faster model is invalid: {e}") from None
+
+
+def check_model_config(config: Any) -> None:
+    """Faster R-CNN's fields of a :class:`rcnn.model.ModelConfig`: Fast R-CNN's, and the RPN's settings in "train"."""
+    check_fast_model_config(config)
+    if not isinstance(config.train, dict):
+        raise ValueError("'train' of a faster model must be an object")
+    from_record(config.train)
