@@ -12,11 +12,15 @@
    as torch uses), for each architecture at its default number of proposals, on the same images and
    proposals, one image in each runtime in turn: seconds per image of scoring, the ratio, the
    one-off export and the largest score difference.
+5. Whole-image detection (decoded image -> boxes, no stored proposals): Fast R-CNN with selective search
+   (the model's settings) against Faster R-CNN (``--arch faster``, proposals from its own RPN), both at their
+   defaults, on the same images, one image of each in turn: seconds per image and the ratio.
 
-Usage: python bench/detect.py [--model DIR] [--fast-model DIR] [--images 10] [--regions 200] [--parts 1,2,3,4]
+Usage: python bench/detect.py [--model DIR] [--fast-model DIR] [--faster-model DIR] [--images 10] [--regions 200]
+       [--parts 1,2,3,4,5]
 Without --model, an untrained EfficientNet-Lite0 classifier at 224 px is used (random head
 weights are fine for timing); without --fast-model, a Fast R-CNN with ImageNet backbone
-weights and a random head. Part 1 compares the first ``--regions`` proposals of each image.
+weights and a random head; without --faster-model, the same for Faster R-CNN. Part 1 compares the first ``--regions`` proposals of each image.
 """
 
 from __future__ import annotations
@@ -71,6 +75,37 @@ def fast_against_classic(classic: LoadedModel, fast: LoadedModel, images: list[n
     print(f"images={len(images)} fast_vs_classic_speedup={t_classic / t_fast:.1f}x")
 
 
+def untrained_faster() -> LoadedModel:
+    from dataclasses import replace
+
+    from rcnn.arch.faster.config import FasterConfig
+    from rcnn.arch.faster.network import FasterRCNN
+
+    config = FasterConfig()
+    net = FasterRCNN(config, 2).eval()
+    return LoadedModel(net, replace(model_config(config, ["raccoon"], ProposeConfig(), net), arch="faster"))
+
+
+def faster_against_fast(fast: LoadedModel, faster: LoadedModel, images: list[np.ndarray]) -> None:
+    """Part 5: whole-image detection (no stored proposals), Fast R-CNN + selective search against Faster R-CNN."""
+    for model in (fast, faster):
+        detect_image(model, images[0], DetectConfig())  # warm-up
+    t = {fast.arch: 0.0, faster.arch: 0.0}
+    steps = {fast.arch: np.zeros(2), faster.arch: np.zeros(2)}
+    for img in images:  # in turn, so that both see the same machine
+        for model in (fast, faster):
+            t0 = time.perf_counter()
+            _, secs, _ = detect_image(model, img, DetectConfig())
+            t[model.arch] += time.perf_counter() - t0
+            steps[model.arch] += (secs["propose"], secs["score"])
+    k = len(images)
+    for arch in t:
+        print(f"{arch}: {t[arch] / k:.3f} s/image whole-image detection (proposals {steps[arch][0] / k:.3f} s, "
+              f"network {steps[arch][1] / k:.3f} s)")
+    print(f"images={k} faster_s_per_image={t[faster.arch] / k:.3f} fast_with_selective_search_s_per_image="
+          f"{t[fast.arch] / k:.3f} faster_vs_fast_speedup={t[fast.arch] / t[faster.arch]:.2f}x")
+
+
 def onnx_against_torch(classic: LoadedModel, fast: LoadedModel, images: list[np.ndarray]) -> None:
     """Part 4: the same network in PyTorch and in onnxruntime, on the same images and proposals."""
     from rcnn.export import onnx_model
@@ -109,13 +144,16 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10)
     ap.add_argument("--regions", type=int, default=200, help="regions per image for the score-agreement check")
     ap.add_argument("--fast-model", type=Path, help="a model folder from `rcnn train --arch fast`")
-    ap.add_argument("--parts", default="1,2,3,4", help="which comparisons to run (comma-separated)")
+    ap.add_argument("--faster-model", type=Path, help="a model folder from `rcnn train --arch faster`")
+    ap.add_argument("--parts", default="1,2,3,4,5", help="which comparisons to run (comma-separated)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     ds = raccoon_dataset("test", args.images)
     images = [load_rgb(a.path) for a in ds.images]
     ours = load_model(args.model) if args.model else untrained()
-    fast = (load_model(args.fast_model) if args.fast_model else untrained_fast()) if parts & {"3", "4"} else None
+    fast = (load_model(args.fast_model) if args.fast_model else untrained_fast()) if parts & {"3", "4", "5"} else None
+    if "5" in parts:
+        faster_against_fast(fast, load_model(args.faster_model) if args.faster_model else untrained_faster(), images)
     if "3" in parts:
         fast_against_classic(ours, fast, images)
     if "4" in parts:
