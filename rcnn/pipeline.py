@@ -91,7 +91,7 @@ class PipelineConfig:
         (detection's proposals come from the propose stage)."""
         stages = {"crop": asdict(self.crop)} if "crop" in self.spec.stages else {}
         stages["train"] = asdict(self.training)
-        return {"arch": self.arch, "propose": asdict(self.propose), **stages,
+        return {"arch": self.arch, "propose": self.propose.to_json(), **stages,
                 "detect": {k: v for k, v in asdict(self.detect.resolved(self.arch)).items() if k != "propose"}}
 
 
