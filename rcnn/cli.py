@@ -17,7 +17,7 @@ from . import __version__
 from .arch import arch_for_input, get_arch
 from .clitools import (LibraryOption, RegistryChoice, apply, configured, csv_list, given, handle_errors,  # noqa: F401
                        library_default, one_line, option_for, resolve, split_csv)
-from .cli_options import (ARCH_CHOICE, BACKBONE, CROP, DETECT, DETECT_FN, EXISTING_DIR, EXISTING_FILE, FAST,  # noqa: F401
+from .cli_options import (ARCH_CHOICE, ARCH_LIST, BACKBONE, CROP, DETECT, DETECT_FN, EXISTING_DIR, EXISTING_FILE, FAST,  # noqa: F401
                           FAST_DEFAULT, FORMATS, PIPELINE, PROPOSE, PROPOSER_FN, TRAIN, arch_help, check_train_arch,
                           detect_options, detect_outputs, detect_settings, given_args, propose_options, proposer_max_help,
                           ray_session, scale_options, steps_split, train_arch_default)
@@ -354,7 +354,8 @@ def echo_result(report: Any, out: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for every stage's output and metrics.json.")
 @click.option("--classes", callback=csv_list, help="Comma-separated class names to keep (default: all).")
 @option_for(PIPELINE, "test_fraction", "--test-fraction", type=click.FloatRange(0, 1, max_open=True), help="Test share when the dataset has no ImageSets split files.")
-@option_for(PIPELINE, "arch", "--arch", type=ARCH_CHOICE, help=arch_help("title"))
+@option_for(PIPELINE, "arch", "--arch", type=ARCH_LIST, help=arch_help("title") + " Several, comma-separated (rcnn,fast): "
+           "each runs on the same split and proposals into OUT/NAME, compared in OUT/compare.json and compare.md.")
 @BACKBONE
 @option_for(TRAIN, "weights", "--weights", help="imagenet, none, or a path to a state dict.")
 @option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), also=FAST_DEFAULT, help="Training epochs (at most, with --patience).")
@@ -374,13 +375,21 @@ def echo_result(report: Any, out: Path) -> None:
 @propose_options()
 @detect_options
 @handle_errors
-def pipeline_cmd(data: Path, out: Path, **options: Any) -> None:
+def pipeline_cmd(data: Path, out: Path, arch: list[str] | None, **options: Any) -> None:
     """Run parse → propose → (crop →) train → detect → evaluate on the dataset DATA (VOC, COCO or YOLO)."""
     from .pipeline import PipelineConfig, run_pipeline
 
     # each option goes to the stage settings with a field of its name (--device: training and detection)
     config = PipelineConfig().with_settings(**detect_settings(options))
-    echo_result(run_pipeline(data, out, config, echo=click.echo, warn=warn), out)
+    if arch is None or len(arch) == 1:
+        config = config.with_settings(arch=arch[0] if arch else None)
+        echo_result(run_pipeline(data, out, config, echo=click.echo, warn=warn), out)
+        return
+    from .compare import format_table, run_family
+
+    result = run_family(data, out, config, arch, echo=click.echo, warn=warn)
+    click.echo("\n" + format_table(result, arch))
+    click.echo(f"runs: {', '.join(str(out / name) for name in arch)}   comparison: {out / 'compare.json'}, {out / 'compare.md'}")
 
 
 @main.command("demo")

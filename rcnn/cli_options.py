@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from .arch import ARCHS, ArchSpec, arch_for_input, get_arch
-from .clitools import RegistryChoice, apply, option_for, split_csv
+from .clitools import RegistryChoice, RegistryList, apply, option_for, split_csv
 from .scale import RAY_TIMEOUT, ray_cluster
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -31,6 +31,7 @@ FORMATS = ("auto", "voc", "coco", "yolo")  # rcnn.parse.FORMATS, written here to
 DETECT = "detect:DetectConfig"
 PIPELINE = "pipeline:PipelineConfig"
 ARCH_CHOICE = RegistryChoice("arch:ARCHS")  # --arch: the registered architectures
+ARCH_LIST = RegistryList("arch:ARCHS")  # pipeline --arch: one or several (compared side by side)
 
 
 def per_arch(attribute: str, only: Callable[[Any], bool] = lambda spec: True) -> str:
