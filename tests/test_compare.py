@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -299,3 +300,16 @@ def test_an_architecture_that_proposes_its_own_is_compared_with_its_proposals(fa
     row = result.archs[1]
     assert row["arch"] == OWN and row["proposal_recall50"] == metrics["proposal_recall50"]
     assert row["detect_seconds_per_image"] == metrics["detect_seconds_per_image_with_proposals"]
+
+
+def test_make_pipeline_passes_the_list_through(tmp_path):
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    stamp = tmp_path / "installed"  # newer than pyproject.toml: make sees nothing to install
+    stamp.touch()
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([make, "-n", "-s", "pipeline", f"STAMP={stamp}", "PYTHON=py", "ARCH=rcnn,fast"], cwd=root,
+                         text=True, capture_output=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if "rcnn.cli pipeline" in ln)
+    assert line.split()[-2:] == ["--arch", "rcnn,fast"]
