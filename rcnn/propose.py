@@ -6,7 +6,8 @@ their number changes from run to run. ``cv2.setRNGSeed`` does not reach that
 generator; seeding libc's ``srand`` right before each call does.
 
 Proposals are stored one ``.npy`` per image (float32[N, 4], original image
-pixels, SS rank order), never one file per region; a re-run reuses them.
+pixels, SS rank order), never one file per region; a re-run reuses them. A trained
+model's proposals (:mod:`rcnn.proposer`) are stored the same way.
 """
 
 from __future__ import annotations
