@@ -17,10 +17,10 @@ from . import __version__
 from .arch import arch_for_input, get_arch
 from .clitools import (LibraryOption, RegistryChoice, apply, configured, csv_list, given, handle_errors,  # noqa: F401
                        library_default, one_line, option_for, resolve, split_csv)
-from .cli_options import (ARCH_CHOICE, BACKBONE, CROP, DETECT, DETECT_FN, EXISTING_DIR, EXISTING_FILE, FAST,  # noqa: F401
-                          FAST_DEFAULT, FORMATS, PIPELINE, PROPOSE, TRAIN, arch_help, check_train_arch, detect_options,
-                          detect_outputs, detect_settings, given_args, propose_options, ray_session, scale_options, steps_split,
-                          train_arch_default)
+from .cli_options import (ARCH_CHOICE, ARCH_LIST, BACKBONE, CROP, DETECT, DETECT_FN, EXISTING_DIR, EXISTING_FILE, FAST,  # noqa: F401
+                          FAST_DEFAULT, FORMATS, PIPELINE, PROPOSE, PROPOSER_FN, TRAIN, arch_help, check_train_arch,
+                          detect_options, detect_outputs, detect_settings, given_args, propose_options, proposer_max_help,
+                          ray_session, scale_options, steps_split, train_arch_default)
 from .io import check_output_file, print_err as warn
 
 
@@ -109,21 +109,41 @@ def synth(out: Path, **options: Any) -> None:
 @click.argument("parsed", type=EXISTING_FILE)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Proposals folder (re-runs reuse what it holds).")
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="all", help="Which images to process.")
-@propose_options()
+@propose_options(max_help=proposer_max_help())
 @option_for(PROPOSE, "seed", "--seed", type=int, help="Seed of the proposal order (libc rand, used by OpenCV).")
 @option_for("propose:propose_dataset", "workers", "--workers", type=click.IntRange(0), help="Processes; 0 = one per CPU core.")
 @scale_options("propose:propose_dataset")
+@click.option("--model", "model_dir", type=EXISTING_DIR, help="Proposals of this model folder (`rcnn train` of an architecture "
+              "that proposes regions) instead of selective search, run in this process; its architecture sets --max-proposals.")
+@option_for(PROPOSER_FN, "device", "--device", help="--model: where it runs: auto (GPU when there is one), cpu or cuda.")
 @handle_errors
-def propose(parsed: Path, out: Path, split: str, **options: Any) -> None:
-    """Selective-search region proposals for the images of PARSED (from `rcnn parse`)."""
+def propose(parsed: Path, out: Path, split: str, model_dir: Path | None, device: str | None, **options: Any) -> None:
+    """Region proposals for the images of PARSED (from `rcnn parse`): selective search, or a model's (--model)."""
     from .parse import Dataset
     from .propose import ProposeConfig, format_report, propose_dataset
 
-    with ray_session(options.get("ray"), options.pop("ray_timeout", None)):
-        report = propose_dataset(Dataset.load(parsed), out, configured(ProposeConfig(), options), split=split,
-                                 echo=click.echo, warn=warn, **given(options, "workers", "shard", "ray"))
+    timeout = options.pop("ray_timeout", None)
+    if device is not None and model_dir is None:
+        raise click.UsageError("--device is where the --model runs; selective search runs on the CPU")
+    if model_dir is not None:
+        report = learned_proposals(Dataset.load(parsed), out, model_dir, split, device, options)
+    else:
+        with ray_session(options.get("ray"), timeout):
+            report = propose_dataset(Dataset.load(parsed), out, configured(ProposeConfig(), options), split=split,
+                                     echo=click.echo, warn=warn, **given(options, "workers", "shard", "ray"))
     click.echo(format_report(report))
     click.echo(f"proposals saved to {out}")
+
+
+def learned_proposals(ds: Any, out: Path, model_dir: Path, split: str, device: str | None, options: dict[str, Any]) -> Any:
+    """`rcnn propose --model`: refuses the selective-search and scaling options it does not use, then proposes."""
+    from .proposer import propose_with_model
+
+    unused = [name for name in ("mode", "max_side", "min_size", "seed", "workers", "ray") if options.get(name) is not None]
+    if unused:
+        raise click.UsageError(f"--model proposes with the model; --{unused[0].replace('_', '-')} is for selective search")
+    return propose_with_model(ds, out, model_dir, split=split, echo=click.echo, warn=warn,
+                              **given({**options, "device": device}, "max_proposals", "device", "shard"))
 
 
 # --------------------------------------------------------------------------- crop
@@ -334,7 +354,8 @@ def echo_result(report: Any, out: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for every stage's output and metrics.json.")
 @click.option("--classes", callback=csv_list, help="Comma-separated class names to keep (default: all).")
 @option_for(PIPELINE, "test_fraction", "--test-fraction", type=click.FloatRange(0, 1, max_open=True), help="Test share when the dataset has no ImageSets split files.")
-@option_for(PIPELINE, "arch", "--arch", type=ARCH_CHOICE, help=arch_help("title"))
+@option_for(PIPELINE, "arch", "--arch", type=ARCH_LIST, help=arch_help("title") + " Several, comma-separated (rcnn,fast): "
+           "each runs on the same split and proposals into OUT/NAME, compared in OUT/compare.json and compare.md.")
 @BACKBONE
 @option_for(TRAIN, "weights", "--weights", help="imagenet, none, or a path to a state dict.")
 @option_for(TRAIN, "epochs", "--epochs", type=click.IntRange(1), also=FAST_DEFAULT, help="Training epochs (at most, with --patience).")
@@ -354,13 +375,21 @@ def echo_result(report: Any, out: Path) -> None:
 @propose_options()
 @detect_options
 @handle_errors
-def pipeline_cmd(data: Path, out: Path, **options: Any) -> None:
+def pipeline_cmd(data: Path, out: Path, arch: list[str] | None, **options: Any) -> None:
     """Run parse → propose → (crop →) train → detect → evaluate on the dataset DATA (VOC, COCO or YOLO)."""
     from .pipeline import PipelineConfig, run_pipeline
 
     # each option goes to the stage settings with a field of its name (--device: training and detection)
     config = PipelineConfig().with_settings(**detect_settings(options))
-    echo_result(run_pipeline(data, out, config, echo=click.echo, warn=warn), out)
+    if arch is None or len(arch) == 1:
+        config = config.with_settings(arch=arch[0] if arch else None)
+        echo_result(run_pipeline(data, out, config, echo=click.echo, warn=warn), out)
+        return
+    from .compare import format_table, run_family
+
+    result = run_family(data, out, config, arch, echo=click.echo, warn=warn)
+    click.echo("\n" + format_table(result, arch))
+    click.echo(f"runs: {', '.join(str(out / name) for name in arch)}   comparison: {out / 'compare.json'}, {out / 'compare.md'}")
 
 
 @main.command("demo")

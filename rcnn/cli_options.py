@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from .arch import ARCHS, arch_for_input, get_arch
-from .clitools import RegistryChoice, apply, option_for, split_csv
+from .arch import ARCHS, ArchSpec, arch_for_input, get_arch
+from .clitools import RegistryChoice, RegistryList, apply, option_for, split_csv
 from .scale import RAY_TIMEOUT, ray_cluster
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -31,11 +31,12 @@ FORMATS = ("auto", "voc", "coco", "yolo")  # rcnn.parse.FORMATS, written here to
 DETECT = "detect:DetectConfig"
 PIPELINE = "pipeline:PipelineConfig"
 ARCH_CHOICE = RegistryChoice("arch:ARCHS")  # --arch: the registered architectures
+ARCH_LIST = RegistryList("arch:ARCHS")  # pipeline --arch: one or several (compared side by side)
 
 
-def per_arch(attribute: str) -> str:
-    """``"fast 0.05, rcnn 0.3"``: an attribute of every registered architecture, for --help."""
-    return ", ".join(f"{name} {getattr(spec, attribute)}" for name, spec in ARCHS.items())
+def per_arch(attribute: str, only: Callable[[Any], bool] = lambda spec: True) -> str:
+    """``"fast 0.05, rcnn 0.3"``: an attribute of every registered architecture (of those ``only`` keeps), for --help."""
+    return ", ".join(f"{name} {getattr(spec, attribute)}" for name, spec in ARCHS.items() if only(spec))
 
 
 def arch_help(attribute: str) -> str:
@@ -103,19 +104,29 @@ def ray_session(ray: str | None, timeout: float | None) -> Iterator[None]:
 
 # --------------------------------------------------------------------------- propose
 
-def propose_options(default_text: str | None = None) -> Callable[[Any], Any]:
-    """Selective-search options of `propose`, `pipeline` and (``default_text``: the model's settings) `detect`."""
+def propose_options(default_text: str | None = None, max_help: str = "") -> Callable[[Any], Any]:
+    """Selective-search options of `propose`, `pipeline` and (``default_text``: the model's settings) `detect`;
+    ``max_help`` ends --max-proposals' help."""
     return apply(
         option_for(PROPOSE, "mode", "--mode", type=RegistryChoice("propose:MODES"), default_text=default_text,
                    help="Selective-search strategy."),
         option_for(PROPOSE, "max_side", "--max-side", type=click.IntRange(0), default_text=default_text,
                    help="Run selective search on a copy whose long side is at most N pixels; 0 = full size."),
         option_for(PROPOSE, "max_proposals", "--max-proposals", type=click.IntRange(1), default_text=default_text,
-                   help="Keep at most N proposals per image."),
+                   help="Keep at most N proposals per image." + max_help),
         option_for(PROPOSE, "min_size", "--min-size", type=click.IntRange(0), default_text=default_text,
                    help="Drop proposals narrower or shorter than N pixels."),
     )
 
+
+PROPOSER_FN = "proposer:propose_with_model"  # rcnn propose --model
+
+
+def proposer_max_help() -> str:
+    """What --max-proposals keeps with --model, from the registry (ArchSpec.proposer_max of each proposer)."""
+    able = per_arch("proposer_max", only=lambda spec: bool(spec.proposer))
+    default = next(f.default for f in dataclasses.fields(ArchSpec) if f.name == "proposer_max")
+    return f" With --model: its architecture's default ({able or f'{default} unless it sets another'})."
 
 
 # --------------------------------------------------------------------------- train

@@ -145,6 +145,23 @@ class RegistryChoice(click.Choice):
         pass
 
 
+class RegistryList(RegistryChoice):
+    """A comma-separated list of a registry's names (``rcnn,fast``) -> a list, each name checked as
+    :class:`RegistryChoice` checks one (a bad name is a usage error naming it and the choices)."""
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        one = super().get_metavar(param, ctx)
+        return f"{one}[,...]" if one else one
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        names = split_csv(value) or []
+        if not names:
+            self.fail(f"'{value}' names none of {', '.join(self.choices)}", param, ctx)
+        return [super(RegistryList, self).convert(name, param, ctx) for name in names]
+
+
 def option_for(source: str, name: str, *decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
     """``click.option(*decls)`` for the setting ``name`` of ``source`` (``"module:DataclassOrFunction"``).
 

@@ -414,7 +414,7 @@ def _assemble(out: Path, used: list[Annotation], keys: list[str], classes: list[
         "images": [a.id for a in used],
         "split": split,
         "config": asdict(config),
-        "propose": asdict(pset.config),
+        "propose": pset.config.to_json(),
         "shard_keys": keys,  # each shard's key, checked when the set is loaded
         "content_key": digest(keys),  # changes whenever any shard does: the key of caches built on this set
     }

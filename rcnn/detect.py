@@ -32,7 +32,8 @@ from .export import with_runtime
 from .io import folder_kind, output_dir, print_err
 from .model import LoadedModel
 from .postprocess import select_detections, vote_boxes
-from .propose import ProposalSet, ProposeConfig, selective_search
+from .propose import ProposalSet, ProposeConfig
+from .proposer import propose_image
 from .results import Detection, ImageResult, VideoSummary, describe
 from .runner import Stage
 from .runs import PART_FORMAT, PLAN_FORMAT, Part, RunPlan, check_outputs, image_sha, model_key, part_files_exist, read_part, write_part
@@ -151,8 +152,8 @@ def score_image(model: LoadedModel, image: np.ndarray, config: DetectConfig, pro
     if model.spec.own_proposals:
         boxes, scores, deltas = model.spec.part("detector")(model, image, config.score_proposals)
         return boxes, scores, deltas, {"propose": 0.0, "score": round(time.perf_counter() - t0, 3)}
-    if proposals is None:
-        proposals = selective_search(image, config.propose or model_propose_config(model))
+    if proposals is None:  # selective search, or the proposer model its training proposals came from
+        proposals = propose_image(image, config.propose or model_propose_config(model), config.device)
     boxes = proposals[: config.score_proposals]
     t1 = time.perf_counter()
     scores, deltas = score_regions(model, image, boxes, config.forward_batch)
@@ -180,7 +181,7 @@ def plan_config(config: dict[str, Any]) -> DetectConfig:
 
 def summary_settings(config: DetectConfig, arch: str) -> dict[str, Any]:
     """The settings that ran, as ``summary.json`` records them (per-architecture defaults made concrete)."""
-    return {**asdict(replace(config.resolved(arch), propose=None)), "propose": asdict(config.propose)}
+    return {**asdict(replace(config.resolved(arch), propose=None)), "propose": config.propose.to_json()}
 
 
 def score_frame(model: LoadedModel, frame: Frame, config: DetectConfig, files: RunFiles, path: str, name: str,
@@ -249,7 +250,7 @@ def detect(model: LoadedModel, inputs: list[str] | list[Path], run: str | Path, 
     files = RunFiles(run, model.classes, save_xml, save_txt, save_conf, save_crop)
     check_outputs(run, paths, names, save_images, files)
     plan = RunPlan(model_key(model), str(model.folder.resolve()) if model.folder else None,
-                   [str(p.resolve()) for p in paths], names, asdict(config), save_images, save_xml, save_txt, save_conf,
+                   [str(p.resolve()) for p in paths], names, {**asdict(config), "propose": config.propose.to_json()}, save_images, save_xml, save_txt, save_conf,
                    save_crop, str(Path(proposals).resolve()) if proposals else None, model.classes, model.arch)
     if source is None and not any(map(is_video, paths)):
         plan.save(run, replace_other=shard is None, check=plan_config)

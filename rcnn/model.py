@@ -196,7 +196,7 @@ class ModelConfig:
         return cls(**{**d, "crop": crop, "propose": propose})
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "propose": self.propose.to_json()}  # selective search's as before the model fields
 
     @property
     def crop_side(self) -> int | None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .arch import ARCHS, DEFAULT_ARCH, ArchSpec, get_arch
 from .arch.fast.config import FastConfig
@@ -22,17 +24,19 @@ from .detect import DetectConfig, detect
 from .engine import format_report as format_train
 from .errors import DataError
 from .evaluate import evaluate, format_report as format_eval, load_detections
-from .io import output_dir, print_err, write_json
-from .model import load_model
-from .parse import Dataset, format_summary, parse_dataset
-from .propose import ProposalSet, ProposeConfig, proposal_report, propose_dataset, recall
+from .io import load_rgb, output_dir, print_err, write_json
+from .model import WEIGHTS, LoadedModel, load_model
+from .parse import Annotation, Dataset, format_summary, parse_dataset
+from .propose import ProposalSet, ProposeConfig, propose_dataset, recall
+from .proposer import model_proposals
 from .report import make_report
+from .results import ImageResult
 from .scale import RAY_TIMEOUT, ray_cluster
 from .synth import make_dataset
 
 METRICS_FORMAT = "rcnn-metrics-v1"
-__all__ = ["ARCHS", "METRICS_FORMAT", "PipelineConfig", "PipelineReport", "ProposalRecall", "StageTimer", "demo_config",
-           "run_demo", "run_pipeline"]
+__all__ = ["ARCHS", "METRICS_FORMAT", "PipelineConfig", "PipelineReport", "Prepared", "ProposalRecall", "StageTimer",
+           "demo_config", "prepare_stages", "run_demo", "run_pipeline"]
 
 
 @dataclass
@@ -93,7 +97,7 @@ class PipelineConfig:
         (detection's proposals come from the propose stage)."""
         stages = {"crop": asdict(self.crop)} if "crop" in self.spec.stages else {}
         stages["train"] = asdict(self.training)
-        return {"arch": self.arch, "propose": asdict(self.propose), **stages,
+        return {"arch": self.arch, "propose": self.propose.to_json(), **stages,
                 "detect": {k: v for k, v in asdict(self.detect.resolved(self.arch)).items() if k != "propose"}}
 
 
@@ -127,6 +131,10 @@ class PipelineReport:
     val_recall: dict[str, float]  # the classifier on held-out training images
     val_precision: dict[str, float]
     detect_seconds_per_image: float  # scoring only: the proposals come from the propose stage
+    # ... and with the proposals: the propose stage's per-image seconds on the test images added (an architecture
+    # that proposes its own: as scored); None when the propose stage did not record them (an older rcnn)
+    detect_seconds_per_image_with_proposals: float | None
+    model_mb: float  # model.pt, in MB (10^6 bytes)
     seconds: dict[str, float]  # stage -> seconds, and "total"
     arch: str  # a name in rcnn.arch.ARCHS
     backbone: str
@@ -137,11 +145,16 @@ class PipelineReport:
 
 
 class StageTimer:
-    """Announces each stage through ``echo`` and records its seconds."""
+    """Announces each stage through ``echo`` and records its seconds.
 
-    def __init__(self, echo: Callable[[str], Any]) -> None:
+    ``spent``: seconds of stages run before, for this run (a family's shared parse and proposals): recorded as
+    they are, and counted in the total.
+    """
+
+    def __init__(self, echo: Callable[[str], Any], spent: dict[str, float] | None = None) -> None:
         self.echo = echo
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = dict(spent or {})
+        self.spent = sum(self.seconds.values())
         self.start = time.perf_counter()
 
     @contextmanager
@@ -153,61 +166,90 @@ class StageTimer:
 
     def total(self) -> dict[str, float]:
         """Seconds per stage, plus the whole run's as ``total``."""
-        return {**self.seconds, "total": round(time.perf_counter() - self.start, 2)}
+        return {**self.seconds, "total": round(time.perf_counter() - self.start + self.spent, 2)}
+
+
+@dataclass
+class Prepared:
+    """What the stages before training hand the rest: the parsed dataset and its selective-search proposals."""
+
+    dataset: Dataset
+    proposals: Path | None  # the propose stage's folder; None: the architecture has none (it proposes its own)
+    seconds: dict[str, float] = field(default_factory=dict)  # what those stages took, when run for several runs
+
+
+def on_cluster(config: PipelineConfig) -> AbstractContextManager[Any]:
+    """The --ray cluster every stage of a run uses, reached once (nothing without --ray)."""
+    return nullcontext() if config.ray is None else ray_cluster(config.ray, timeout=config.ray_timeout)
 
 
 def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | None = None,
-                 echo: Callable[[str], Any] = print, warn: Callable[[str], Any] = print_err) -> PipelineReport:
+                 echo: Callable[[str], Any] = print, warn: Callable[[str], Any] = print_err,
+                 prepared: Prepared | None = None) -> PipelineReport:
     """Run every stage on the VOC dataset ``data`` into ``out``; writes and returns the metrics.
 
     Args:
         echo: called with every progress line and report; warn: with every problem (a skipped file).
+        prepared: the parse of ``data`` and its proposals, made once for several architectures
+            (:func:`rcnn.compare.run_family`); None: parse (and propose) here.
 
     Raises:
         DataError: the dataset has no usable image in one of its splits, or a stage fails on its input.
     """
     config = config or PipelineConfig()
-    if config.ray is None:
-        return _run_pipeline(data, out, config, echo, warn)
-    with ray_cluster(config.ray, timeout=config.ray_timeout):  # one cluster (or connection) for every stage
-        return _run_pipeline(data, out, config, echo, warn)
+    with on_cluster(config):  # one cluster (or connection) for every stage
+        out = output_dir(out, "pipeline")
+        timer = StageTimer(echo, prepared.seconds if prepared else None)
+        if prepared is None:
+            prepared = prepare_stages(data, out, config, timer, echo, warn)
+        else:
+            prepared.dataset.save(out / "parsed.json")  # each run folder holds what `rcnn evaluate`/`report` read
+        return _train_and_measure(prepared, out, config, timer, echo, warn)
 
 
-def _run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig, echo: Callable[[str], Any],
-                  warn: Callable[[str], Any]) -> PipelineReport:
-    out = output_dir(out, "pipeline")
-    timer = StageTimer(echo)
+def prepare_stages(data: str | Path, out: Path, config: PipelineConfig, timer: StageTimer, echo: Callable[[str], Any],
+                   warn: Callable[[str], Any], propose: bool | None = None) -> Prepared:
+    """Parse ``data`` into ``out/parsed.json`` and, when ``propose`` (None: when the architecture's stages include
+    it), run selective search on every image into ``out/proposals``."""
     with timer.stage("parse"):
         ds = parse_stage(data, out / "parsed.json", config, echo, warn)
-    proposals = ProposalRecall(None, None, None)
-    if "propose" in config.spec.stages:
-        with timer.stage("propose"):
-            propose_dataset(ds, out / "proposals", config.propose, split="all", workers=config.workers, echo=echo,
-                            warn=warn, ray=config.ray)
-            proposals = recall_on_test_split(ds, out / "proposals", config.detect.proposals_for(config.arch), echo)
+    if not ("propose" in config.spec.stages if propose is None else propose):
+        return Prepared(ds, None)
+    with timer.stage("propose"):
+        propose_dataset(ds, out / "proposals", config.propose, split="all", workers=config.workers, echo=echo,
+                        warn=warn, ray=config.ray)
+    return Prepared(ds, out / "proposals")
+
+
+def _train_and_measure(prepared: Prepared, out: Path, config: PipelineConfig, timer: StageTimer,
+                       echo: Callable[[str], Any], warn: Callable[[str], Any]) -> PipelineReport:
+    """(crop →) train → detect → evaluate into ``out``; writes metrics.json (and the report page)."""
+    ds, proposals_dir = prepared.dataset, prepared.proposals
     if "crop" in config.spec.stages:
         with timer.stage("crop"):
-            crops = crop_dataset(ds, out / "proposals", out / "crops", config.crop, split="train", warn=warn, ray=config.ray)
+            crops = crop_dataset(ds, proposals_dir, out / "crops", config.crop, split="train", warn=warn, ray=config.ray)
             echo(f"{crops['regions']} regions: " + ", ".join(f"{c} {n}" for c, n in crops["kept"].items()))
     with timer.stage("train"):
-        trained = train_stage(ds, out, config, echo)
+        trained = train_stage(ds, out, config, echo, proposals_dir)
     with timer.stage("detect"):
-        results = detect(load_model(out / "model", config.detect.device), [a.path for a in ds.split("test")],
-                         out / "detect", config.detect, proposals=out / "proposals" if "propose" in config.spec.stages else None,
-                         echo=echo, warn=warn, ray=config.ray)
+        model = load_model(out / "model", config.detect.device)
+        results = detect(model, [a.path for a in ds.split("test")], out / "detect", config.detect,
+                         proposals=proposals_dir, echo=echo, warn=warn, ray=config.ray)
     with timer.stage("evaluate"):
         evaluation = evaluate(load_detections(out / "detect" / "detections.json"), ds, "test", plot=out / "pr_curve.png",
                               confusion_plot=out / "confusion_matrix.png")
         write_json(out / "evaluation.json", evaluation)
         echo(format_eval(evaluation))
-    score_seconds = [r.seconds["score"] for r in results]
+    scored = config.detect.proposals_for(config.arch)
+    recalls = (recall_on_test_split(ds, proposals_dir, scored, echo) if proposals_dir is not None
+               else own_proposal_recall(model, ds, scored, echo))
     report = PipelineReport(
         map50=evaluation["map50"], map50_95=evaluation["map50_95"], ap50=evaluation["ap50"],
-        proposal_recall50=proposals.recall50, proposal_recall70=proposals.recall70,
-        scored_proposal_recall50=proposals.scored_recall50,
+        proposal_recall50=recalls.recall50, proposal_recall70=recalls.recall70,
+        scored_proposal_recall50=recalls.scored_recall50,
         n_test_images=len(ds.split("test")), n_train_images=len(ds.split("train")),
         val_recall=trained["val_recall"], val_precision=trained["val_precision"],
-        detect_seconds_per_image=round(sum(score_seconds) / max(len(score_seconds), 1), 3),
+        **detect_seconds(results, ds, proposals_dir), model_mb=model_mb(out / "model"),
         seconds=timer.total(), arch=config.arch, backbone=config.training.backbone, config=config.to_json(),
     )
     write_json(out / "metrics.json", report.to_json())
@@ -217,13 +259,34 @@ def _run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig, ech
     return report
 
 
-def train_stage(ds: Dataset, out: Path, config: PipelineConfig, echo: Callable[[str], Any]) -> dict[str, Any]:
+def detect_seconds(results: list[ImageResult], ds: Dataset, proposals_dir: Path | None) -> dict[str, float | None]:
+    """Seconds per test image of detection: scoring only, and with the proposals (the propose stage's of the same
+    images, or those detection made itself); None where an image's propose seconds were not recorded."""
+    n = max(len(results), 1)
+    score = sum(r.seconds["score"] for r in results) / n
+    own = sum(r.seconds.get("propose", 0.0) for r in results) / n  # proposals made during detection
+    stored: float | None = 0.0
+    if proposals_dir is not None:
+        pset = ProposalSet.load(proposals_dir)
+        seconds = [pset.seconds(a.id) for a in ds.split("test")]
+        stored = None if None in seconds or not seconds else sum(s for s in seconds if s is not None) / len(seconds)
+    return {"detect_seconds_per_image": round(score, 3),
+            "detect_seconds_per_image_with_proposals": None if stored is None else round(score + own + stored, 3)}
+
+
+def model_mb(folder: Path) -> float:
+    """Size of a model folder's weights (``model.pt``), in MB (10^6 bytes)."""
+    return round((folder / WEIGHTS).stat().st_size / 1e6, 2)
+
+
+def train_stage(ds: Dataset, out: Path, config: PipelineConfig, echo: Callable[[str], Any],
+                proposals: Path | None = None) -> dict[str, Any]:
     """Train the architecture's model into ``out/model`` from what it trains on (the region set, or the parsed
-    records and their proposals); returns its report."""
+    records and their ``proposals``, by default ``out/proposals``); returns its report."""
     spec = config.spec
     source: Any = out / "crops" if spec.input == "regions" else ds
     trained = spec.part("trainer")(source, out / "model", config.training,
-                                   proposals=out / "proposals" if spec.proposals else None, echo=echo)
+                                   proposals=(proposals or out / "proposals") if spec.proposals else None, echo=echo)
     echo(format_train(trained))
     return trained
 
@@ -247,9 +310,32 @@ def recall_on_test_split(ds: Dataset, proposals_dir: Path, score_proposals: int,
     images = ds.split("test")
     pset = ProposalSet.load(proposals_dir)
     boxes = [pset.boxes(a.id) for a in images]
-    report = proposal_report(images, boxes, ds.classes)
-    covered, total = recall([a.boxes() for a in images], boxes, 0.5, score_proposals)
-    result = ProposalRecall(report["recall50"], report["recall70"], round(covered / total, 4) if total else None)
+    return _recall(images, boxes, boxes, score_proposals, echo)
+
+
+def own_proposal_recall(model: LoadedModel, ds: Dataset, score_proposals: int, echo: Callable[[str], Any]) -> ProposalRecall:
+    """Recall on the test images of the proposals of a model that proposes its own: the first
+    :attr:`rcnn.arch.ArchSpec.proposer_max` of each (as `rcnn propose --model` keeps), and the first ``score_proposals``.
+    All None when its architecture has no proposer."""
+    spec = model.spec
+    if not spec.proposer:
+        return ProposalRecall(None, None, None)
+    images = ds.split("test")
+    boxes = [model_proposals(model, load_rgb(a.path), max(spec.proposer_max, score_proposals)) for a in images]
+    return _recall(images, [b[: spec.proposer_max] for b in boxes], boxes, score_proposals, echo)
+
+
+def _recall(images: list[Annotation], boxes: list[np.ndarray], scored: list[np.ndarray], score_proposals: int,
+            echo: Callable[[str], Any]) -> ProposalRecall:
+    """Recall@0.5 and @0.7 of ``boxes`` (per image, best first), and recall@0.5 of the first ``score_proposals``
+    of ``scored``."""
+    gt = [a.boxes() for a in images]
+
+    def ratio(counts: tuple[int, int]) -> float | None:
+        return round(counts[0] / counts[1], 4) if counts[1] else None
+
+    result = ProposalRecall(ratio(recall(gt, boxes, 0.5)), ratio(recall(gt, boxes, 0.7)),
+                            ratio(recall(gt, scored, 0.5, score_proposals)))
     echo(f"test-split proposal recall@0.5 {result.recall50} (first {score_proposals}: "
          f"{result.scored_recall50}), recall@0.7 {result.recall70}")
     return result

@@ -6,7 +6,8 @@ their number changes from run to run. ``cv2.setRNGSeed`` does not reach that
 generator; seeding libc's ``srand`` right before each call does.
 
 Proposals are stored one ``.npy`` per image (float32[N, 4], original image
-pixels, SS rank order), never one file per region; a re-run reuses them.
+pixels, SS rank order), never one file per region; a re-run reuses them. A trained
+model's proposals (:mod:`rcnn.proposer`) are stored the same way.
 """
 
 from __future__ import annotations
@@ -40,14 +41,18 @@ MODES = tuple(STRATEGIES)
 
 @dataclass
 class ProposeConfig:
-    """Selective-search settings; saved with the proposals and in the model folder."""
+    """Where proposals come from: selective search and its settings, or (``model``) a trained model's proposer
+    (:mod:`rcnn.proposer`); saved with the proposals and in the model folder of a model trained on them.
+    """
 
     mode: str = "fast"  # "fast" or "quality"; on raccoon both find every object at IoU 0.5
     # Run SS on a copy whose long side is at most this (0 = full size). Measured on 40 raccoon
     # images: fast/300 px takes 0.17 s/image against 2.9 s for quality/full size, with the same
     # recall@0.5 (1.0) and a higher recall@0.7 (0.93 vs 0.88): big segments are found better small.
     max_side: int = 300
-    max_proposals: int = 2000  # keep at most this many boxes per image, in SS rank order
+    # Keep at most this many boxes per image, in rank order (a proposer model: rcnn propose --model's own
+    # default is its architecture's ArchSpec.proposer_max)
+    max_proposals: int = 2000
     min_size: int = 10  # drop boxes narrower or shorter than this, in original-image pixels
     seed: int = 0  # seeds libc's rand(), which OpenCV uses to rank regions: same seed, same order
     # Graph segmentation (Felzenszwalb) of each strategy: k of the first, the step between them, and
@@ -57,8 +62,14 @@ class ProposeConfig:
     base_k: int = 50
     inc_k: int = 50
     sigma: float = 0.8
+    # The folder of a model whose proposer (ArchSpec.proposer) made the proposals, instead of selective search
+    # (whose settings above then do not apply, max_proposals aside); "": selective search
+    model: str = ""
+    model_key: str = ""  # that model's identity when it proposed (rcnn.runs.model_key): detection checks it
 
     def __post_init__(self) -> None:
+        if bool(self.model) != bool(self.model_key):
+            raise ValueError(f"'model={self.model}' and 'model_key={self.model_key}' go together: give both or neither")
         if self.mode not in MODES:
             raise ValueError(f"'mode={self.mode}' is invalid; valid modes are {', '.join(MODES)}")
         if self.max_side < 0 or self.max_proposals < 1 or self.min_size < 0 or self.base_k < 1 or self.inc_k < 1 or not self.sigma > 0:
@@ -68,8 +79,13 @@ class ProposeConfig:
                 f"base_k={self.base_k} (>= 1), inc_k={self.inc_k} (>= 1), sigma={self.sigma} (> 0)"
             )
 
+    def to_json(self) -> dict[str, Any]:
+        """The settings as saved; selective search's leave out the empty model fields (as before they existed)."""
+        d = asdict(self)
+        return d if self.model else {k: v for k, v in d.items() if k not in ("model", "model_key")}
+
     def key(self) -> str:
-        return hashlib.sha1(repr(sorted(asdict(self).items())).encode()).hexdigest()[:12]
+        return hashlib.sha1(repr(sorted(self.to_json().items())).encode()).hexdigest()[:12]
 
 
 def _ximgproc() -> Any:
@@ -162,6 +178,11 @@ class ProposalSet:
         """What ``boxes/<id>.npy`` was computed from, or None when unknown."""
         return _stored_source(self.folder / "boxes", image_id)
 
+    def seconds(self, image_id: str) -> float | None:
+        """Seconds its proposals took to compute (one image, one process), or None when not recorded."""
+        rec = self.record(image_id) or {}
+        return rec["seconds"] if isinstance(rec.get("seconds"), (int, float)) else None
+
     def digest(self, image_id: str) -> str:
         """SHA-1 of the stored boxes: part of the key of anything built from them."""
         return file_digest(self.folder / "boxes" / f"{image_id}.npy")
@@ -212,18 +233,24 @@ def check_proposals(pset: ProposalSet, images: list[Annotation], split: str) -> 
     return image_sha
 
 
-def _propose_worker(path: str, config: ProposeConfig) -> Outcome[np.ndarray]:
-    """Proposals of one image (ndarray[N, 4] float32) and the seconds they took, or the error of an image that cannot be read."""
+Proposer = Callable[[np.ndarray], np.ndarray]  # RGB image [H, W, 3] -> boxes [N, 4] float32, original pixels, best first
+
+
+def _propose_worker(path: str, config: ProposeConfig, proposer: Proposer | None = None) -> Outcome[np.ndarray]:
+    """Proposals of one image (ndarray[N, 4] float32, by ``proposer`` or else selective search) and the seconds
+    they took, or the error of an image that cannot be read."""
     t = time.perf_counter()
     try:
-        boxes = selective_search(load_rgb(path), config)
+        image = load_rgb(path)
+        t = time.perf_counter()  # the proposals' own time, without reading the file
+        boxes = proposer(image) if proposer is not None else selective_search(image, config)
     except DataError as e:
         return Outcome(None, str(e), time.perf_counter() - t)
     return Outcome(boxes, "", time.perf_counter() - t)
 
 
-def _propose_task(config: ProposeConfig, image: Annotation) -> Outcome[np.ndarray]:
-    return _propose_worker(image.path, config)
+def _propose_task(shared: tuple[ProposeConfig, Proposer | None], image: Annotation) -> Outcome[np.ndarray]:
+    return _propose_worker(image.path, *shared)
 
 
 def recall(gt: list[np.ndarray], proposals: list[np.ndarray], threshold: float, top_k: int | None = None) -> tuple[int, int]:
@@ -291,6 +318,7 @@ def propose_dataset(
     warn: Callable[[str], Any] = print_err,
     shard: Shard | None = None,
     ray: str | None = None,
+    proposer: Proposer | None = None,
 ) -> dict[str, Any]:
     """Compute (or reuse) proposals for the images of ``split`` and write ``out/report.json``.
 
@@ -302,17 +330,18 @@ def propose_dataset(
             computes what no shard did and writes ``report.json`` over every image.
         ray: run the images as Ray tasks on this cluster (``auto``, an address, or ``local``) instead of
             ``workers`` processes.
+        proposer: computes each image's boxes instead of selective search, in this process (``workers`` unused;
+            no ``ray``): the model ``config.model`` names (:func:`rcnn.proposer.propose_with_model`).
 
     Raises:
         DataError: ``out`` holds files rcnn did not write, or no image could be processed.
+        ValueError: ``proposer`` with ``ray``, or without a ``config.model`` that names it (or the other way round).
 
     Returns:
         The report: ``recall50``, ``recall70``, ``proposals_per_image``, ``seconds`` and more.
     """
     config = config or ProposeConfig()
-    _ximgproc()  # fail early, with the fix, when the contrib build is missing
-    if ray is not None:
-        import_ray()  # fail early, with the fix, when Ray is missing
+    _check_source(config, proposer, ray)
     images = shard_of(dataset.split(split), shard, key=lambda a: a.path)
     if not images:
         raise DataError(f"no images in split '{split}'" + (f" for shard {shard[0]}/{shard[1]}" if shard else ""))
@@ -323,8 +352,8 @@ def propose_dataset(
     start = time.perf_counter()
     run = _ProposeRun(out / "boxes", {a.id: _source(a, config) for a in images}, warn)
     todo = run.stage().plan(images).todo
-    workers = workers or os.cpu_count() or 1
-    run.stage().run(config, todo, len(images) - len(todo), workers, ray, progress)
+    workers = 1 if proposer is not None else workers or os.cpu_count() or 1
+    run.stage().run((config, proposer), todo, len(images) - len(todo), workers, ray, progress)
 
     report = _report(dataset, ProposalSet(out, config), images, run, split)
     report.update({"computed": len(todo) - len(run.failures), "reused": len(images) - len(todo),
@@ -339,6 +368,19 @@ def propose_dataset(
     return report
 
 
+def _check_source(config: ProposeConfig, proposer: Proposer | None, ray: str | None) -> None:
+    """Fail early, with the fix, when what computes the proposals is missing or does not fit ``config``."""
+    if (proposer is None) != (not config.model):
+        raise ValueError(f"'model={config.model}' needs its proposer, and a proposer its model (give both or neither)")
+    if proposer is not None:
+        if ray is not None:
+            raise ValueError(f"--ray runs selective search; the proposer of {config.model} runs in this process")
+        return
+    _ximgproc()  # the contrib build
+    if ray is not None:
+        import_ray()
+
+
 def _report(dataset: Dataset, pset: ProposalSet, images: list[Annotation], run: _ProposeRun, split: str | None) -> dict[str, Any]:
     """The report of the images whose boxes are stored (:func:`proposal_report`), its first keys set.
 
@@ -350,7 +392,7 @@ def _report(dataset: Dataset, pset: ProposalSet, images: list[Annotation], run: 
         raise DataError(f"no proposals could be computed for any of the {len(images)} images "
                         f"(first error: {run.failures[0] if run.failures else '?'})")
     report = proposal_report(done, [pset.boxes(a.id) for a in done], dataset.classes)
-    report.update({"format": "rcnn-proposals-report-v1", "split": split or "all", "config": asdict(pset.config)})
+    report.update({"format": "rcnn-proposals-report-v1", "split": split or "all", "config": pset.config.to_json()})
     return report
 
 
@@ -370,11 +412,11 @@ def _check_settings(out: Path, config: ProposeConfig, whole: bool, echo: Callabl
         if not isinstance(old, dict):
             warn(f"warning: {settings_path} is unreadable ({str(old)[:100]}); recomputing every image")
         old = old.get("config") if isinstance(old, dict) else None
-        if old != asdict(config):
-            echo(f"proposal settings changed ({old} -> {asdict(config)}); recomputing")
+        if old != config.to_json():
+            echo(f"proposal settings changed ({old} -> {config.to_json()}); recomputing")
             for f in list(boxes_dir.glob("*.npy")) + list(boxes_dir.glob("*.json")):
                 f.unlink()  # ours: the folder carries our marker
-    write_json(settings_path, {"format": "rcnn-proposals-v1", "config": asdict(config)})
+    write_json(settings_path, {"format": "rcnn-proposals-v1", "config": config.to_json()})
 
 
 @dataclass
@@ -392,7 +434,8 @@ class _ProposeRun:
 
     def valid(self, a: Annotation) -> bool:
         """Whether the stored boxes of ``a`` were computed from its bytes with these settings."""
-        return _stored_source(self.boxes_dir, a.id) == self.sources[a.id]
+        stored = _stored_source(self.boxes_dir, a.id) or {}
+        return all(stored.get(k) == v for k, v in self.sources[a.id].items())
 
     def collect(self, a: Annotation, result: Outcome[np.ndarray]) -> None:
         if result.value is None:
@@ -401,7 +444,7 @@ class _ProposeRun:
         npy, record = (safe_child(self.boxes_dir, a.id, ext, "image id") for ext in (".npy", ".json"))
         record.unlink(missing_ok=True)  # no record may describe other boxes, even for a moment
         save_npy(npy, result.value.astype(np.float32))
-        write_json(record, self.sources[a.id])
+        write_json(record, {**self.sources[a.id], "seconds": round(result.seconds, 4)})  # ProposalSet.seconds
         self.seconds.append(result.seconds)
 
     def failed(self, err: str) -> None:

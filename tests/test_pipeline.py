@@ -13,8 +13,8 @@ from rcnn.pipeline import PipelineConfig, StageTimer
 from rcnn.train import TrainConfig
 
 METRICS_KEYS = {"format", "map50", "map50_95", "ap50", "proposal_recall50", "proposal_recall70", "scored_proposal_recall50",
-                "n_test_images", "n_train_images", "val_recall", "val_precision", "detect_seconds_per_image", "seconds",
-                "arch", "backbone", "config"}
+                "n_test_images", "n_train_images", "val_recall", "val_precision", "detect_seconds_per_image",
+                "detect_seconds_per_image_with_proposals", "model_mb", "seconds", "arch", "backbone", "config"}
 
 
 def test_pipeline_on_layout_without_imagesets(tmp_path, synth_data):

@@ -56,6 +56,9 @@ class ArchSpec:
     # "module:fn" for an architecture whose model can propose regions for the others (`rcnn propose --model`):
     # proposer(model, image, n) -> boxes [N, 4] (original pixels, best first). "": it cannot.
     proposer: str = ""
+    # How many proposals per image `rcnn propose --model` keeps by default: 1000, torchvision's Faster R-CNN's
+    # test-time RPN (rpn_post_nms_top_n_test), half of selective search's 2000 since learned ones are ranked by objectness
+    proposer_max: int = 1000
 
     def __post_init__(self) -> None:
         if self.input not in INPUTS:
