@@ -22,12 +22,14 @@ from .engine import format_report as format_train
 from .errors import DataError
 from .evaluate import evaluate, format_report as format_eval, load_detections
 from .io import output_dir, print_err, write_json
-from .model import load_model
+from .model import ModelConfig, load_model
 from .parse import Dataset, format_summary, parse_dataset
+from .postprocess import PostProcess
 from .propose import ProposalSet, ProposeConfig, proposal_report, propose_dataset, recall
 from .report import make_report
 from .scale import RAY_TIMEOUT, ray_cluster
 from .synth import make_dataset
+from .tune import fit_model_folder
 
 METRICS_FORMAT = "rcnn-metrics-v1"
 __all__ = ["ARCHS", "METRICS_FORMAT", "PipelineConfig", "PipelineReport", "ProposalRecall", "StageTimer", "demo_config",
@@ -86,13 +88,13 @@ class PipelineConfig:
             raise ValueError(f"unknown pipeline setting(s) {', '.join(sorted(unknown))}")
         return replace(self, **{k: v for k, v in given.items() if k in names}, **updated)
 
-    def to_json(self) -> dict[str, Any]:
-        """The settings of the stages this architecture runs, as metrics.json records them
-        (detection's proposals come from the propose stage)."""
+    def to_json(self, fitted: PostProcess | None = None) -> dict[str, Any]:
+        """The settings of the stages this architecture runs, as metrics.json records them (detection's proposals
+        come from the propose stage; its NMS and voting, where not set, are the model's ``fitted`` ones)."""
         stages = {"crop": asdict(self.crop)} if "crop" in self.spec.stages else {}
         stages["train"] = asdict(self.training)
         return {"arch": self.arch, "propose": asdict(self.propose), **stages,
-                "detect": {k: v for k, v in asdict(self.detect.resolved(self.arch)).items() if k != "propose"}}
+                "detect": {k: v for k, v in asdict(self.detect.resolved(self.arch, fitted)).items() if k != "propose"}}
 
 
 def _replace(config: Any, given: dict[str, Any]) -> Any:
@@ -154,11 +156,13 @@ class StageTimer:
         return {**self.seconds, "total": round(time.perf_counter() - self.start, 2)}
 
 
-def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | None = None,
+def run_pipeline(data: str | Path | Dataset, out: str | Path, config: PipelineConfig | None = None,
                  echo: Callable[[str], Any] = print, warn: Callable[[str], Any] = print_err) -> PipelineReport:
-    """Run every stage on the VOC dataset ``data`` into ``out``; writes and returns the metrics.
+    """Run every stage on the dataset ``data`` into ``out``; writes and returns the metrics.
 
     Args:
+        data: a dataset (VOC, COCO or YOLO) to parse, or a :class:`Dataset` already parsed, used with its own
+            splits (a dev split made of a train split, as ``bench/quality.py`` does).
         echo: called with every progress line and report; warn: with every problem (a skipped file).
 
     Raises:
@@ -171,7 +175,7 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | Non
         return _run_pipeline(data, out, config, echo, warn)
 
 
-def _run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig, echo: Callable[[str], Any],
+def _run_pipeline(data: str | Path | Dataset, out: str | Path, config: PipelineConfig, echo: Callable[[str], Any],
                   warn: Callable[[str], Any]) -> PipelineReport:
     out = output_dir(out, "pipeline")
     timer = StageTimer(echo)
@@ -190,7 +194,8 @@ def _run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig, ech
     with timer.stage("train"):
         trained = train_stage(ds, out, config, echo)
     with timer.stage("detect"):
-        results = detect(load_model(out / "model", config.detect.device), [a.path for a in ds.split("test")],
+        model = load_model(out / "model", config.detect.device)
+        results = detect(model, [a.path for a in ds.split("test")],
                          out / "detect", config.detect, proposals=out / "proposals" if "propose" in config.spec.stages else None,
                          echo=echo, warn=warn, ray=config.ray)
     with timer.stage("evaluate"):
@@ -206,7 +211,7 @@ def _run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig, ech
         n_test_images=len(ds.split("test")), n_train_images=len(ds.split("train")),
         val_recall=trained["val_recall"], val_precision=trained["val_precision"],
         detect_seconds_per_image=round(sum(score_seconds) / max(len(score_seconds), 1), 3),
-        seconds=timer.total(), arch=config.arch, backbone=config.training.backbone, config=config.to_json(),
+        seconds=timer.total(), arch=config.arch, backbone=config.training.backbone, config=config.to_json(model.config.post),
     )
     write_json(out / "metrics.json", report.to_json())
     if config.report:  # after metrics.json, which the page reads for the model's settings
@@ -223,18 +228,26 @@ def train_stage(ds: Dataset, out: Path, config: PipelineConfig, echo: Callable[[
     trained = spec.part("trainer")(source, out / "model", config.training,
                                    proposals=out / "proposals" if spec.proposals else None, echo=echo)
     echo(format_train(trained))
+    if not ModelConfig.load(out / "model").postprocess and trained.get("val_images"):
+        # a trainer without the images (the classic path's region set) names the ones it held out: fit on them here
+        fit_model_folder(out / "model", ds, out / "proposals", trained["val_images"], config.detect.device, echo)
     return trained
 
 
-def parse_stage(data: str | Path, out: Path, config: PipelineConfig, echo: Callable[[str], Any],
+def parse_stage(data: str | Path | Dataset, out: Path, config: PipelineConfig, echo: Callable[[str], Any],
                 warn: Callable[[str], Any]) -> Dataset:
-    """Parse ``data``, report its problems, check both splits have images, save the records to ``out``."""
-    ds = parse_dataset(data, classes=config.classes, test_fraction=config.test_fraction, seed=config.seed)
+    """Parse ``data`` (or take it, a Dataset), report its problems, check both splits have images, save the records
+    to ``out``."""
+    if isinstance(data, Dataset) and config.classes is not None:
+        raise ValueError("'classes' selects classes while parsing; give a dataset to parse, or a Dataset of those classes")
+    ds = data if isinstance(data, Dataset) else parse_dataset(data, classes=config.classes,
+                                                              test_fraction=config.test_fraction, seed=config.seed)
     for p in ds.problems:
         (warn if p.level == "error" else echo)(str(p))
     n_train, n_test = len(ds.split("train")), len(ds.split("test"))
     if not n_train or not n_test:
-        raise DataError(f"{data} needs images in both splits (train: {n_train}, test: {n_test})")
+        where = "the dataset" if isinstance(data, Dataset) else data
+        raise DataError(f"{where} needs images in both splits (train: {n_train}, test: {n_test})")
     ds.save(out)
     echo(format_summary(ds))
     return ds
