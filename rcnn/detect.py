@@ -107,7 +107,6 @@ class DetectConfig:
             raise ValueError(f"need max_detections >= 1, score_proposals >= 0 and forward_batch >= 0; got "
                              f"{self.max_detections}, {self.score_proposals}, {self.forward_batch}")
 
-
     def proposals_for(self, arch: str) -> int:
         """How many proposals of each image a model of ``arch`` scores (0: its registry entry's ``scored_proposals``)."""
         return self.score_proposals or get_arch(arch).scored_proposals
