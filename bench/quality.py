@@ -10,7 +10,8 @@ dev-train and dev-test by the fixed rule of :func:`common.dev_split` (``val.txt`
 
 Prints one line per dataset, ``NAME map50=... map50_95=...`` then the spread over seeds (with several), the training
 seconds and AP@0.5 per class, and last ``suite mean map50=... map50_95=...``: the mean over datasets. Everything
-goes to ``OUT/quality.json`` too (``--json``); each run's folder (``OUT/NAME/seed-S``) keeps its metrics.json and log.
+goes to ``OUT/quality.json`` too (``--json``); each run keeps its pipeline folder ``OUT/NAME/seed-S`` (metrics.json,
+the model, detections) and its log beside it, ``OUT/NAME/seed-S.log``.
 """
 
 from __future__ import annotations
