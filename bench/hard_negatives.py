@@ -17,40 +17,20 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from common import ROOT
+from common import DATASETS, dev_split
 
 from rcnn.crop import CropConfig, crop_dataset
 from rcnn.detect import DetectConfig, detect
 from rcnn.evaluate import evaluate, load_detections
 from rcnn.model import load_model
-from rcnn.parse import Dataset, parse_dataset
 from rcnn.propose import ProposeConfig, propose_dataset
 from rcnn.train import TrainConfig, train
 
-DATASETS = ROOT.parent / "shared" / "datasets"
-
-
-def dev_split(name: str, test_limit: int) -> Dataset:
-    """The dataset's train images, split into dev-train and (at most ``test_limit``) dev-test images."""
-    ds = parse_dataset(DATASETS / name)
-    train_images = sorted(ds.split("train"), key=lambda a: a.id)
-    val_file = DATASETS / name / "ImageSets" / "Main" / "val.txt"
-    if val_file.is_file():
-        val = set(val_file.read_text().split())
-        test = {a.id for a in train_images if a.id in val}
-    else:
-        test = {a.id for a in train_images[3::4]}
-    dev_test = [a for a in train_images if a.id in test]
-    keep_test = {a.id for a in dev_test[:: max(1, len(dev_test) // test_limit)][:test_limit]} if test_limit else test
-    images = [replace(a, split="test" if a.id in test else "train") for a in train_images if a.id not in test or a.id in keep_test]
-    return Dataset(images=images, classes=ds.classes, problems=[], root=ds.root)
-
 
 def run(name: str, work: Path, test_limit: int, pool: int, per_image: int, reuse: bool) -> None:
-    ds = dev_split(name, test_limit)
+    ds = dev_split(DATASETS / name, test_limit)
     print(f"\n{name}: dev-train {len(ds.split('train'))} images, dev-test {len(ds.split('test'))}, classes {ds.classes}", flush=True)
     props, crops = work / name / "proposals", work / name / "crops"
     propose_dataset(ds, props, ProposeConfig(), split="all", echo=lambda _: None)

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from .arch import ARCHS, ArchSpec, arch_for_input, get_arch
-from .clitools import RegistryChoice, RegistryList, apply, option_for, split_csv
+from .clitools import RegistryChoice, RegistryList, apply, option_for, resolve, split_csv
 from .scale import RAY_TIMEOUT, ray_cluster
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -184,11 +184,24 @@ def steps_split(arch: str, options: dict[str, Any], processes: int) -> None:
 
 # --------------------------------------------------------------------------- detect
 
+def fitted_default(attribute: str) -> Callable[[], str]:
+    """--help's default of a post-processing option: the model's fitted value, or (an older model folder) the old
+    fixed one, ``attribute`` of :data:`rcnn.postprocess.DEFAULT_POSTPROCESS` (read when --help is written)."""
+    def text() -> str:
+        old = getattr(resolve("postprocess:DEFAULT_POSTPROCESS"), attribute)
+        return f"the model's, fitted on its hold-out images; {old} for older models"
+    return text
+
+
 detect_options = apply(
     option_for(DETECT, "threshold", "--threshold", type=click.FloatRange(0, 1), default_text=f"by architecture: {per_arch('score_threshold')}",
                help="Keep class scores at or above this (the reference pipeline used 0.8)."),
-    option_for(DETECT, "nms_iou", "--nms-iou", type=click.FloatRange(0, 1, min_open=True), help="Class-wise NMS IoU (R-CNN: 0.3)."),
-    option_for(DETECT, "vote_iou", "--vote-iou", type=click.FloatRange(0, 1), help="Box voting after NMS: average each kept box with same-class boxes overlapping it at this IoU, by score; 0 = off."),
+    option_for(DETECT, "nms_iou", "--nms-iou", type=click.FloatRange(0, 1, min_open=True), default_text=fitted_default("nms_iou"),
+               help="Class-wise NMS IoU (R-CNN: 0.3)."),
+    option_for(DETECT, "vote_iou", "--vote-iou", type=click.FloatRange(0, 1), default_text=fitted_default("voting_iou"),
+               help="Box voting after NMS: average each kept box with same-class boxes overlapping it at this IoU, by score; 0 = off."),
+    option_for(DETECT, "hflip_tta", "--tta", is_flag=True,
+               help="Test-time augmentation: score the horizontally mirrored image too and merge its boxes before NMS (twice the scoring)."),
     option_for(DETECT, "box_regression", "--no-box-regression", is_flag=True, flag_value=False, help="Do not refine boxes with the model's box regressor."),
     option_for(DETECT, "max_detections", "--max-detections", type=click.IntRange(1), help="At most N boxes per image, best first."),
     option_for(DETECT, "score_proposals", "--detect-proposals", type=click.IntRange(0), help=f"Score the first N proposals of each image; 0 = by architecture ({per_arch('scored_proposals')})."),

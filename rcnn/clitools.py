@@ -88,10 +88,12 @@ class LibraryOption(click.Option):
     it is written once, in the library.
     """
 
-    def __init__(self, *args: Any, source: str, default_text: str | None = None, also: tuple[str, str] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, source: str, default_text: str | Callable[[], str] | None = None,
+                 also: tuple[str, str] | None = None, **kwargs: Any) -> None:
         self.source = source  # "module:DataclassOrFunction"
-        self.default_text = default_text  # what --help says instead, where the default is not the library's
+        # what --help says instead, where the default is not the library's (a function: read from the library when
+        # --help is written, as the library's defaults are)
+        self.default_text = default_text
         self.also = also  # (when, "module:Dataclass"): a second setting this option sets, e.g. ("--arch fast", FAST)
         super().__init__(*args, default=None, **kwargs)
 
@@ -104,7 +106,7 @@ class LibraryOption(click.Option):
         if self.is_flag and not self.secondary_opts:
             return False  # a one-sided flag is off unless given; its help says what giving it does
         if self.default_text:
-            return self.default_text
+            return self.default_text() if callable(self.default_text) else self.default_text
         text = self.default_of(self.library_default)
         if self.also:
             other = library_default(self.also[1], self.name or "")

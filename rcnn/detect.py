@@ -31,7 +31,7 @@ from .errors import DataError
 from .export import with_runtime
 from .io import folder_kind, output_dir, print_err
 from .model import LoadedModel
-from .postprocess import select_detections, vote_boxes
+from .postprocess import PostProcess, mirror_regions, select_detections, vote_boxes
 from .propose import ProposalSet, ProposeConfig
 from .proposer import propose_image
 from .results import Detection, ImageResult, VideoSummary, describe
@@ -48,7 +48,8 @@ __all__ = [  # the detection API, as importable from here before it was split by
     "VIDEO_CODECS", "VIDEO_EXTENSIONS", "DetectConfig", "Detection", "ImageResult", "RunFiles", "RunPlan", "VideoSink",
     "VideoSummary", "camera_source", "check_classes", "check_outputs", "coco_results", "crop_detections", "describe",
     "detect", "detect_image", "detect_video", "draw_detections", "find_inputs", "folder_name", "merge_detections",
-    "model_key", "model_propose_config", "next_run_dir", "open_video", "output_names", "is_video", "score_image", "score_regions",
+    "model_key", "model_propose_config", "next_run_dir", "open_video", "output_names", "is_video", "score_image",
+    "score_image_tta", "score_regions",
     "select_detections", "voc_xml", "vote_boxes", "write_jpeg", "write_outputs", "yolo_labels",
 ]
 
@@ -60,7 +61,9 @@ class DetectConfig:
     # Keep class scores >= this (the reference pipeline used 0.8); None = the architecture's own
     # (rcnn.arch: ArchSpec.score_threshold, with how it was measured). Images draw only >= draw_threshold.
     threshold: float | None = None
-    nms_iou: float = 0.3  # class-wise NMS IoU (R-CNN: 0.3)
+    # Class-wise NMS IoU; None = the model's: fitted on its training run's hold-out images (ModelConfig.nms_iou,
+    # rcnn.tune), R-CNN's 0.3 for a model folder written before that.
+    nms_iou: float | None = None
     max_detections: int = 100  # per image, best first
     # Score the first N proposals of each image (SS rank order); 0 = the architecture's own
     # (rcnn.arch: ArchSpec.scored_proposals). (ProposeConfig.max_proposals is how many are stored.)
@@ -69,9 +72,12 @@ class DetectConfig:
     # (measured fastest on 2 cores), 64 on a GPU.
     forward_batch: int = 0
     box_regression: bool = True  # refine boxes with the model's R-CNN box regressor
-    # After NMS, average each kept box with the same-class boxes overlapping it at IoU >= this,
-    # weighted by score (0 = off). On the raccoon test split: mAP@0.5 0.57 -> 0.66.
-    vote_iou: float = 0.5
+    # After NMS, average each kept box with the same-class boxes overlapping it at IoU >= this, weighted by score
+    # (0 = off); None = the model's, fitted with nms_iou (ModelConfig.vote, vote_iou; 0.5 for older model folders).
+    vote_iou: float | None = None
+    # Test-time augmentation: score the image and its horizontal mirror, merge their regions before NMS. Off: twice
+    # the scoring for a gain not measured yet.
+    hflip_tta: bool = False
     draw_threshold: float = 0.5  # annotated images show only detections scoring at least this (the files keep all)
     device: str = "auto"  # where a model folder is loaded to run: "auto" (GPU when there is one), "cpu" or "cuda"
     propose: ProposeConfig | None = None  # None: the settings the model was trained with
@@ -92,7 +98,7 @@ class DetectConfig:
         for name in ("threshold", "vote_iou", "draw_threshold"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"'{name}={getattr(self, name)}' is invalid; it must lie in [0, 1]")
-        if not 0.0 < self.nms_iou <= 1.0:
+        if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
             raise ValueError(f"'nms_iou={self.nms_iou}' is invalid; it must lie in (0, 1]")
         if self.vid_stride < 1 or self.max_frames < 0:
             raise ValueError(f"need vid_stride >= 1 and max_frames >= 0; got {self.vid_stride}, {self.max_frames}")
@@ -102,17 +108,23 @@ class DetectConfig:
             raise ValueError(f"need max_detections >= 1, score_proposals >= 0 and forward_batch >= 0; got "
                              f"{self.max_detections}, {self.score_proposals}, {self.forward_batch}")
 
-
     def proposals_for(self, arch: str) -> int:
         """How many proposals of each image a model of ``arch`` scores (0: its registry entry's ``scored_proposals``)."""
         return self.score_proposals or get_arch(arch).scored_proposals
 
-    def resolved(self, arch: str) -> DetectConfig:
+    def resolved(self, arch: str, fitted: PostProcess | None = None) -> DetectConfig:
         """This config with the per-architecture settings (threshold, score_proposals, forward_batch) taken from the
-        architecture's registry entry (:class:`rcnn.arch.ArchSpec`) where they are not given."""
+        architecture's registry entry (:class:`rcnn.arch.ArchSpec`) where they are not given, and the model's
+        post-processing (``fitted``: ``ModelConfig.post``) where ``nms_iou`` / ``vote_iou`` are not."""
         spec = get_arch(arch)
-        return replace(self, threshold=spec.score_threshold if self.threshold is None else self.threshold,
+        config = self.with_postprocess(fitted) if fitted is not None else self
+        return replace(config, threshold=spec.score_threshold if self.threshold is None else self.threshold,
                        score_proposals=self.proposals_for(arch), forward_batch=self.forward_batch or spec.forward_batch)
+
+    def with_postprocess(self, fitted: PostProcess) -> DetectConfig:
+        """This config with ``nms_iou`` and ``vote_iou`` taken from the model's ``fitted`` ones where not given."""
+        return replace(self, nms_iou=fitted.nms_iou if self.nms_iou is None else self.nms_iou,
+                       vote_iou=fitted.voting_iou if self.vote_iou is None else self.vote_iou)
 
 
 RUNTIMES = ("auto", "torch", "onnx")
@@ -160,11 +172,30 @@ def score_image(model: LoadedModel, image: np.ndarray, config: DetectConfig, pro
     return boxes, scores, deltas, {"propose": round(t1 - t0, 3), "score": round(time.perf_counter() - t1, 3)}
 
 
-def detect_image(model: LoadedModel, image: np.ndarray, config: DetectConfig, proposals: np.ndarray | None = None) -> tuple[list[Detection], dict[str, float], int]:
-    """Detect objects in one RGB image; returns (detections, seconds per step, proposals scored)."""
-    t0 = time.perf_counter()
-    config = config.resolved(model.arch)
+def score_image_tta(model: LoadedModel, image: np.ndarray, config: DetectConfig, proposals: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """:func:`score_image` of the image and, with ``config.hflip_tta``, of its horizontal mirror (the same regions,
+    mirrored, where they are not the model's own), the mirror's regions mapped back and appended: (boxes ``[N, 4]``,
+    probabilities ``[N, C]``, deltas ``[N, C, 4]``, seconds of ``propose`` and ``score``, both passes)."""
     boxes, scores, deltas, secs = score_image(model, image, config, proposals)
+    if not config.hflip_tta:
+        return boxes, scores, deltas, secs
+    width = image.shape[1]
+    mirror = np.ascontiguousarray(image[:, ::-1])
+    m_boxes, m_scores, m_deltas, m_secs = score_image(model, mirror, config, mirror_regions(boxes, None, width)[0])
+    m_boxes, m_deltas = mirror_regions(m_boxes, m_deltas, width)
+    return (np.concatenate([boxes, m_boxes]), np.concatenate([scores, m_scores]), np.concatenate([deltas, m_deltas]),
+            {k: round(secs[k] + m_secs[k], 3) for k in secs})
+
+
+def detect_image(model: LoadedModel, image: np.ndarray, config: DetectConfig, proposals: np.ndarray | None = None) -> tuple[list[Detection], dict[str, float], int]:
+    """Detect objects in one RGB image; returns (detections, seconds per step, regions scored).
+
+    ``nms_iou`` and ``vote_iou`` not given are the model's (fitted on its hold-out images, ``ModelConfig.post``).
+    """
+    t0 = time.perf_counter()
+    config = config.resolved(model.arch, model.config.post)
+    boxes, scores, deltas, secs = score_image_tta(model, image, config, proposals)
     dets = select_detections(boxes, scores, model.classes, config, deltas, (image.shape[1], image.shape[0]))
     return dets, {**secs, "total": round(time.perf_counter() - t0, 3)}, len(boxes)
 
@@ -244,6 +275,7 @@ def detect(model: LoadedModel, inputs: list[str] | list[Path], run: str | Path, 
         ProposalSet.load(proposals)  # fail early on a folder that is not one
     # selective search as the model was trained unless set: written down, so that shards and --merge agree
     config = replace(config, propose=config.propose or model_propose_config(model))
+    config = config.with_postprocess(model.config.post)  # the model's NMS and voting unless set, written down too
     run = output_dir(run, "detect")
     stream = camera_source(source) if source is not None else None
     names = [s.name for s in load_sources(paths, stream)]

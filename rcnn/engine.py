@@ -105,9 +105,10 @@ class Best:
     best_epoch: int = 0  # 0: none yet
     best_net: dict[str, torch.Tensor] | None = None  # its weights (CPU)
 
-    def offer(self, val_loss: float, epoch: int, net: nn.Module) -> bool:
-        """Keep ``net``'s weights if ``val_loss`` is the lowest so far; returns whether it was."""
-        if not val_loss < self.best_val_loss:
+    def offer(self, val_loss: float, epoch: int, net: nn.Module, ties_to_later: bool = False) -> bool:
+        """Keep ``net``'s weights if ``val_loss`` is the lowest so far (or, ``ties_to_later``, equal to it: a later epoch
+        has seen more steps, and a coarse measure such as the mAP of a few images ties often); returns whether it was."""
+        if not (val_loss <= self.best_val_loss if ties_to_later and self.best_net is not None else val_loss < self.best_val_loss):
             return False
         self.best_val_loss, self.best_epoch, self.best_net = val_loss, epoch, snapshot(net)
         return True

@@ -31,6 +31,7 @@ from .crop import CropConfig
 from .devices import pick_device
 from .errors import DataError
 from .io import file_digest, read_json, write_atomic, write_json
+from .postprocess import DEFAULT_POSTPROCESS, PostProcess
 from .propose import ProposeConfig
 
 __all__ = ["MAX_INPUT_SIZE", "MODEL_FORMAT", "WEIGHTS", "LoadedModel", "ModelConfig", "RegionClassifier", "auto_batch_size",
@@ -141,6 +142,14 @@ class ModelConfig:
     crop: CropConfig = field(default_factory=CropConfig)  # crop geometry used in training (size, context)
     propose: ProposeConfig = field(default_factory=ProposeConfig)  # selective search used in training
     train: dict[str, Any] = field(default_factory=dict)  # the TrainConfig, for the record
+    # Class-wise NMS and box voting that `rcnn detect` uses unless told otherwise: fitted on the training run's
+    # hold-out images (rcnn.tune); a folder written before they were fitted has the old fixed ones (PostProcess)
+    nms_iou: float = DEFAULT_POSTPROCESS.nms_iou
+    vote: bool = DEFAULT_POSTPROCESS.vote
+    vote_iou: float = DEFAULT_POSTPROCESS.vote_iou
+    # How they were fitted (rcnn.tune.PostProcessFit.record: hold-out images, mAP of the chosen and the default
+    # setting); empty: not fitted
+    postprocess: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # file name -> SHA-1, written at commit
     format: str = MODEL_FORMAT
 
@@ -171,6 +180,12 @@ class ModelConfig:
         if self.arch not in ARCHS:
             raise ValueError(f"'arch={self.arch!r}' is unknown; this version reads {', '.join(ARCHS)} models")
         get_arch(self.arch).part("check_config")(self)
+        if not (_is_number(self.nms_iou) and isinstance(self.vote, bool) and _is_number(self.vote_iou)):
+            raise ValueError(f"'nms_iou={self.nms_iou!r}', 'vote={self.vote!r}', 'vote_iou={self.vote_iou!r}' must be "
+                             "a number, true or false, and a number")
+        PostProcess(self.nms_iou, self.vote, self.vote_iou)  # raises ValueError naming a value out of its range
+        if not isinstance(self.postprocess, dict):
+            raise ValueError("'postprocess' must be an object")
         if not isinstance(self.files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in self.files.items()):
             raise ValueError("'files' must map file names to SHA-1 digests")
 
@@ -197,6 +212,11 @@ class ModelConfig:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "propose": self.propose.to_json()}  # selective search's as before the model fields
+
+    @property
+    def post(self) -> PostProcess:
+        """The class-wise NMS and box voting this model detects with (fitted, or the defaults of an older folder)."""
+        return PostProcess(self.nms_iou, self.vote, self.vote_iou)
 
     @property
     def crop_side(self) -> int | None:

@@ -25,14 +25,16 @@ from .engine import format_report as format_train
 from .errors import DataError
 from .evaluate import evaluate, format_report as format_eval, load_detections
 from .io import load_rgb, output_dir, print_err, write_json
-from .model import WEIGHTS, LoadedModel, load_model
+from .model import WEIGHTS, LoadedModel, ModelConfig, load_model
 from .parse import Annotation, Dataset, format_summary, parse_dataset
+from .postprocess import PostProcess
 from .propose import ProposalSet, ProposeConfig, propose_dataset, recall
 from .proposer import model_proposals
 from .report import make_report
 from .results import ImageResult
 from .scale import RAY_TIMEOUT, ray_cluster
 from .synth import make_dataset
+from .tune import fit_model_folder
 
 METRICS_FORMAT = "rcnn-metrics-v1"
 __all__ = ["ARCHS", "METRICS_FORMAT", "PipelineConfig", "PipelineReport", "Prepared", "ProposalRecall", "StageTimer",
@@ -92,13 +94,13 @@ class PipelineConfig:
             raise ValueError(f"unknown pipeline setting(s) {', '.join(sorted(unknown))}")
         return replace(self, **{k: v for k, v in given.items() if k in names}, **updated)
 
-    def to_json(self) -> dict[str, Any]:
-        """The settings of the stages this architecture runs, as metrics.json records them
-        (detection's proposals come from the propose stage)."""
+    def to_json(self, fitted: PostProcess | None = None) -> dict[str, Any]:
+        """The settings of the stages this architecture runs, as metrics.json records them (detection's proposals
+        come from the propose stage; its NMS and voting, where not set, are the model's ``fitted`` ones)."""
         stages = {"crop": asdict(self.crop)} if "crop" in self.spec.stages else {}
         stages["train"] = asdict(self.training)
         return {"arch": self.arch, "propose": self.propose.to_json(), **stages,
-                "detect": {k: v for k, v in asdict(self.detect.resolved(self.arch)).items() if k != "propose"}}
+                "detect": {k: v for k, v in asdict(self.detect.resolved(self.arch, fitted)).items() if k != "propose"}}
 
 
 def _replace(config: Any, given: dict[str, Any]) -> Any:
@@ -183,12 +185,14 @@ def on_cluster(config: PipelineConfig) -> AbstractContextManager[Any]:
     return nullcontext() if config.ray is None else ray_cluster(config.ray, timeout=config.ray_timeout)
 
 
-def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | None = None,
+def run_pipeline(data: str | Path | Dataset, out: str | Path, config: PipelineConfig | None = None,
                  echo: Callable[[str], Any] = print, warn: Callable[[str], Any] = print_err,
                  prepared: Prepared | None = None) -> PipelineReport:
-    """Run every stage on the VOC dataset ``data`` into ``out``; writes and returns the metrics.
+    """Run every stage on the dataset ``data`` into ``out``; writes and returns the metrics.
 
     Args:
+        data: a dataset (VOC, COCO or YOLO) to parse, or a :class:`Dataset` already parsed, used with its own
+            splits (a dev split made of a train split, as ``bench/quality.py`` does).
         echo: called with every progress line and report; warn: with every problem (a skipped file).
         prepared: the parse of ``data`` and its proposals, made once for several architectures
             (:func:`rcnn.compare.run_family`); None: parse (and propose) here.
@@ -207,8 +211,8 @@ def run_pipeline(data: str | Path, out: str | Path, config: PipelineConfig | Non
         return _train_and_measure(prepared, out, config, timer, echo, warn)
 
 
-def prepare_stages(data: str | Path, out: Path, config: PipelineConfig, timer: StageTimer, echo: Callable[[str], Any],
-                   warn: Callable[[str], Any], propose: bool | None = None) -> Prepared:
+def prepare_stages(data: str | Path | Dataset, out: Path, config: PipelineConfig, timer: StageTimer,
+                   echo: Callable[[str], Any], warn: Callable[[str], Any], propose: bool | None = None) -> Prepared:
     """Parse ``data`` into ``out/parsed.json`` and, when ``propose`` (None: when the architecture's stages include
     it), run selective search on every image into ``out/proposals``."""
     with timer.stage("parse"):
@@ -249,8 +253,8 @@ def _train_and_measure(prepared: Prepared, out: Path, config: PipelineConfig, ti
         scored_proposal_recall50=recalls.scored_recall50,
         n_test_images=len(ds.split("test")), n_train_images=len(ds.split("train")),
         val_recall=trained["val_recall"], val_precision=trained["val_precision"],
-        **detect_seconds(results, ds, proposals_dir), model_mb=model_mb(out / "model"),
-        seconds=timer.total(), arch=config.arch, backbone=config.training.backbone, config=config.to_json(),
+        **detect_seconds(results, ds, proposals_dir), model_mb=model_mb(out / "model"), seconds=timer.total(),
+        arch=config.arch, backbone=config.training.backbone, config=config.to_json(model.config.post),
     )
     write_json(out / "metrics.json", report.to_json())
     if config.report:  # after metrics.json, which the page reads for the model's settings
@@ -288,18 +292,26 @@ def train_stage(ds: Dataset, out: Path, config: PipelineConfig, echo: Callable[[
     trained = spec.part("trainer")(source, out / "model", config.training,
                                    proposals=(proposals or out / "proposals") if spec.proposals else None, echo=echo)
     echo(format_train(trained))
+    if not ModelConfig.load(out / "model").postprocess and trained.get("val_images"):
+        # a trainer without the images (the classic path's region set) names the ones it held out: fit on them here
+        fit_model_folder(out / "model", ds, proposals or out / "proposals", trained["val_images"], config.detect.device, echo)
     return trained
 
 
-def parse_stage(data: str | Path, out: Path, config: PipelineConfig, echo: Callable[[str], Any],
+def parse_stage(data: str | Path | Dataset, out: Path, config: PipelineConfig, echo: Callable[[str], Any],
                 warn: Callable[[str], Any]) -> Dataset:
-    """Parse ``data``, report its problems, check both splits have images, save the records to ``out``."""
-    ds = parse_dataset(data, classes=config.classes, test_fraction=config.test_fraction, seed=config.seed)
+    """Parse ``data`` (or take it, a Dataset), report its problems, check both splits have images, save the records
+    to ``out``."""
+    if isinstance(data, Dataset) and config.classes is not None:
+        raise ValueError("'classes' selects classes while parsing; give a dataset to parse, or a Dataset of those classes")
+    ds = data if isinstance(data, Dataset) else parse_dataset(data, classes=config.classes,
+                                                              test_fraction=config.test_fraction, seed=config.seed)
     for p in ds.problems:
         (warn if p.level == "error" else echo)(str(p))
     n_train, n_test = len(ds.split("train")), len(ds.split("test"))
     if not n_train or not n_test:
-        raise DataError(f"{data} needs images in both splits (train: {n_train}, test: {n_test})")
+        where = "the dataset" if isinstance(data, Dataset) else data
+        raise DataError(f"{where} needs images in both splits (train: {n_train}, test: {n_test})")
     ds.save(out)
     echo(format_summary(ds))
     return ds

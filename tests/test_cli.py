@@ -74,6 +74,12 @@ def default_text_oracle(command: str, p: LibraryOption) -> str:
     if p.source == "propose:ProposeConfig" and command == "detect":
         assert DetectConfig().propose is None  # None: the settings the model was trained with
         return "as the model was trained"
+    if p.source == "detect:DetectConfig" and p.name in ("nms_iou", "vote_iou"):
+        from rcnn.postprocess import PostProcess
+
+        assert getattr(DetectConfig(), p.name) is None  # None: the model's, fitted on its hold-out images
+        old = PostProcess().nms_iou if p.name == "nms_iou" else PostProcess().vote_iou  # a model folder without them
+        return f"the model's, fitted on its hold-out images; {old} for older models"
     if p.name == "keep_classes":
         assert DetectConfig().keep_classes is None  # None: every class
         return "all"

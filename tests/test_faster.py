@@ -21,7 +21,7 @@ from rcnn.model import load_model
 from rcnn.parse import Dataset, parse_dataset
 
 # ImageNet weights (offline), small images: the RPN and head learn the synthetic shapes in seconds
-TINY = dict(image_size=160, max_image_size=224, epochs=4, rois_per_image=32, hidden=64, rpn_pre_nms_test=200,
+TINY = dict(val_fraction=0.25, image_size=160, max_image_size=224, epochs=6, rois_per_image=32, hidden=64, rpn_pre_nms_test=200,
             rpn_post_nms_test=200, rpn_pre_nms_train=300, rpn_post_nms_train=300)
 
 
@@ -55,7 +55,7 @@ def test_tiny_faster_rcnn_learns_proposals_and_detections(data, trained, tmp_pat
     def no_selective_search(*args, **kwargs):
         raise AssertionError("a faster model must not run selective search")
 
-    monkeypatch.setattr("rcnn.detect.selective_search", no_selective_search)
+    monkeypatch.setattr("rcnn.proposer.selective_search", no_selective_search)
     model = load_model(folder, "cpu")
     test = [a.path for a in ds.split("test")]
     detect(model, test, tmp_path / "run", DetectConfig(), echo=lambda _: None)
@@ -164,7 +164,9 @@ def test_faster_ddp_on_two_processes_equals_one_process(synth_parsed, tmp_path):
 
     from tests.test_distributed import free_port
 
-    settings = {**TINY, "weights": "none", "epochs": 2, "images_per_step": 2, "image_size": 64, "max_image_size": 96}
+    # one epoch: the best epoch is picked by the validation mAP of three images, whose ties last-bit differences of
+    # the two runs' arithmetic may break differently
+    settings = {**TINY, "weights": "none", "epochs": 1, "images_per_step": 2, "image_size": 64, "max_image_size": 96}
     single = train_faster_model(synth_parsed, tmp_path / "one", FasterConfig(**settings), progress=False, echo=lambda _: None)
     outs = [str(tmp_path / "rank0"), str(tmp_path / "rank1")]
     mp.spawn(_faster_worker, args=(2, free_port(), str(synth_parsed), outs, settings), nprocs=2)

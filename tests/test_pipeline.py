@@ -38,6 +38,12 @@ def test_pipeline_on_layout_without_imagesets(tmp_path, synth_data):
     assert 0.0 <= m["map50_95"] <= m["map50"] <= 1.0 and m["proposal_recall50"] > 0.8
     assert (out / "detect" / "detections.json").is_file() and (out / "pr_curve.png").is_file()
     assert "Traceback" not in res.output
+    # the classic trainer has no images to fit post-processing on: the pipeline fits it on the ones it held out
+    model = json.loads((out / "model" / "config.json").read_text())
+    held_out = json.loads((out / "model" / "report.json").read_text())["val_images"]
+    assert model["postprocess"]["images"] == len(held_out) >= 1 and "post-processing fitted on" in res.output
+    assert (m["config"]["detect"]["nms_iou"], m["config"]["detect"]["vote_iou"]) == (
+        model["nms_iou"], model["vote_iou"] if model["vote"] else 0.0)  # what ran: the model's
 
 
 def test_fast_pipeline_is_the_default(tmp_path, synth_data):
@@ -52,7 +58,9 @@ def test_fast_pipeline_is_the_default(tmp_path, synth_data):
     assert not (out / "crops").exists()
     assert set(m["ap50"]) == {"disc", "square"} and 0.0 <= m["map50_95"] <= m["map50"] <= 1.0
     assert m["map50"] > 0.5, m  # discs and squares on noise: learnt in 4 epochs from ImageNet features
-    assert json.loads((out / "model" / "config.json").read_text())["arch"] == "fast"
+    model = json.loads((out / "model" / "config.json").read_text())
+    assert model["arch"] == "fast" and model["postprocess"]["images"] >= 1  # fitted by the trainer
+    assert m["config"]["detect"]["nms_iou"] == model["nms_iou"]
 
 
 def test_pipeline_bad_folder_is_one_line(tmp_path):

@@ -8,8 +8,9 @@ registry. Adding an architecture is one new folder and one line in ``ARCHS`` bel
 To add one (``faster``): a folder ``rcnn/arch/faster/`` whose ``__init__.py`` defines ``SPEC = ArchSpec(...)``
 naming, as ``"module:attr"`` strings, its settings dataclass (in a torch-free module), trainer (``fit``, built
 on :mod:`rcnn.engine`), network builder, model-config check, scorer and ONNX graph, with its detection
-defaults; then its line in ``ARCHS``. Model loading, ``rcnn train/detect/export``, ``--arch`` and the
-per-architecture help texts follow from the registry. Its training options on the command line
+defaults; then its line in ``ARCHS``. Its trainer fits the post-processing on the images it held out before
+it commits (:func:`rcnn.tune.fit_model_config`) and names them in its report (``val_images``). Model loading,
+``rcnn train/detect/export``, ``--arch`` and the per-architecture help texts follow from the registry. Its training options on the command line
 (:mod:`rcnn.cli`) and its settings field in :class:`rcnn.pipeline.PipelineConfig` (``SPEC.pipeline_key``)
 are added where the other architectures' are.
 

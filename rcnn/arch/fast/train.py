@@ -30,9 +30,10 @@ from ...engine import (REPORT_FORMAT, Best, StepResult, commit_trained, ddp_wrap
                        val_metrics)
 from ...errors import DataError
 from ...io import folder_lock, output_dir
-from ...model import ModelConfig
+from ...model import LoadedModel, ModelConfig
 from ...parse import Dataset
 from ...propose import ProposalSet, check_proposals
+from ...tune import fit_model_config
 from . import SPEC
 from .config import FastConfig
 from .data import ImageSample, cache_samples, image_seed, sample_regions
@@ -222,6 +223,7 @@ def train_fast(images: list[Any], classes: list[str], proposals: Any, config: Fa
         "best_epoch": best.best_epoch, "epochs": config.epochs, "epochs_run": config.epochs,
         "confusion": {"classes": names, "matrix": cm.tolist()},
         "images": {"train": len(run.train), "val": len(run.val)},
+        "val_images": [s.image_id for s in run.val],  # held out: post-processing is fitted on them (rcnn.tune)
         "class_weights": run.weight.tolist() if run.weight is not None else None,
         "history": history, "device": str(run.device),
         "seconds": {"features": round(run.cache_seconds, 2), "epochs": round(epoch_seconds, 2)},
@@ -249,7 +251,9 @@ def train_fast_model(parsed: str | Path | Any, proposals: str | Path, out: str |
     """Train a Fast R-CNN on the train split of ``parsed`` (a ``rcnn parse`` file or a Dataset) with the
     proposals of ``rcnn propose`` in ``proposals``, and commit the model folder ``out``.
 
-    Under torchrun (:mod:`rcnn.distributed`) every process trains and rank 0 alone writes ``out``.
+    Before the commit, the class-wise NMS and box voting are fitted on the validation images it held out
+    (:mod:`rcnn.tune`) and recorded in ``config.json``. Under torchrun (:mod:`rcnn.distributed`) every process
+    trains and rank 0 alone fits and writes ``out``.
 
     Returns:
         The report (also ``out/report.json``); None on the ranks other than 0.
@@ -273,9 +277,13 @@ def train_fast_model(parsed: str | Path | Any, proposals: str | Path, out: str |
             if trained is None:  # pragma: no cover - rank 0 always gets the network
                 raise RuntimeError("rank 0 got no network")
             net, report = trained
+            held_out = set(report["val_images"])
+            loaded = LoadedModel(net, model_config(config, list(ds.classes), pset.config, net), dist.device)
+            fitted = fit_model_config(loaded, [a for a in images if a.id in held_out], pset, echo)
+            report["postprocess"] = fitted.postprocess
             report["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
             state = {k: v.cpu() for k, v in net.state_dict().items()}
-            commit_trained(out, model_config(config, list(ds.classes), pset.config, net), state, report)
+            commit_trained(out, fitted, state, report)
     return report
 
 

@@ -26,9 +26,11 @@ from ...engine import REPORT_FORMAT, Best, StepResult, commit_trained, ddp_wrap,
 from ...errors import DataError
 from ...evaluate import voc_map50
 from ...io import folder_lock, output_dir
+from ...model import LoadedModel
 from ...parse import Dataset
 from ...postprocess import select_detections
 from ...propose import ProposeConfig
+from ...tune import fit_model_config
 from ..fast.data import ImageSample, image_seed, sample_targets
 from ..fast.losses import roi_loss, validate
 from ..fast.network import BOX_WEIGHTS
@@ -148,7 +150,7 @@ def run_epochs(run: FastRun, progress: bool) -> tuple[Best, list[dict[str, float
         history.append({"epoch": epoch, "train_cls_loss": means[0], "train_box_loss": means[1], "train_rpn_objectness": means[2],
                         "train_rpn_box_loss": means[3], "val_map50": round(m, 4), "seconds": round(time.perf_counter() - t1, 2)})
         bar.set_postfix(val_map50=f"{m:.3f}")
-        best.offer(-m, epoch, run.net)  # Best keeps the lowest: minus the mAP
+        best.offer(-m, epoch, run.net, ties_to_later=True)  # Best keeps the lowest: minus the mAP
     bar.close()
     return best, history, time.perf_counter() - t1
 
@@ -181,6 +183,7 @@ def train_faster(images: list[Any], classes: list[str], config: FasterConfig, pr
         "best_epoch": best.best_epoch, "epochs": config.epochs, "epochs_run": config.epochs,
         "confusion": {"classes": names, "matrix": cm.tolist()},
         "images": {"train": len(run.train), "val": len(run.val)},
+        "val_images": [s.image_id for s in run.val],  # held out: post-processing is fitted on them (rcnn.tune)
         "class_weights": run.weight.tolist() if run.weight is not None else None,
         "history": history, "device": str(run.device),
         "seconds": {"features": round(run.cache_seconds, 2), "epochs": round(epoch_seconds, 2)},
@@ -189,6 +192,10 @@ def train_faster(images: list[Any], classes: list[str], config: FasterConfig, pr
     if dist.distributed:
         report["processes"] = dist.world_size
     return net.eval(), report
+
+
+def run_device(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
 
 
 def train_faster_model(parsed: str | Path | Any, out: str | Path, config: FasterConfig | None = None,
@@ -215,6 +222,10 @@ def train_faster_model(parsed: str | Path | Any, out: str | Path, config: Faster
             report["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
             state = {k: v.cpu() for k, v in net.state_dict().items()}
             record = replace(model_config(config, list(ds.classes), ProposeConfig(), net), arch=SPEC.name)
+            held_out = set(report["val_images"])  # NMS and voting fitted on them (rcnn.tune), as Fast R-CNN's are
+            record = fit_model_config(LoadedModel(net, record, run_device(net)), [a for a in images if a.id in held_out],
+                                      None, echo)
+            report["postprocess"] = record.postprocess
             commit_trained(out, record, state, report)
     return report
 

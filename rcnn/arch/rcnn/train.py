@@ -393,6 +393,9 @@ def write_model(run: TrainRun, state: TrainState, epoch_seconds: float, t_start:
         "mining": {"rounds": state.round, "added_per_round": state.mined_per_round, "pool_left": int(len(run.pool_idx))},
         "confusion": {"classes": classes, "matrix": cm.tolist()},
         "regions": {"train": int(len(run.train_idx)), "val": int(len(run.val_idx))},
+        # the images whose regions were held out: the region set has no images or proposals to fit post-processing
+        # on, so `rcnn pipeline` fits it on these after the commit (rcnn.tune.fit_model_folder)
+        "val_images": [run.regions.meta["images"][g] for g in np.unique(run.regions.groups[run.val_idx])],
         "class_weights": run.weights.tolist() if run.weights is not None else None,
         "box_regression": box_regression,
         "device": str(run.device),
