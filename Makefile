@@ -1,7 +1,7 @@
 # rcnn: set up, test, and run the whole R-CNN pipeline.
 #   make demo                      install, then run the pipeline on the built-in synthetic dataset
 #   make test                      install, then run the test suite
-#   make pipeline DATA=<voc dir> OUT=<dir> [ARCH=fast|rcnn|rcnn,fast] [BACKBONE=...] [EPOCHS=...] [EXTRA="--no-hflip ..."]
+#   make pipeline DATA=<voc dir> OUT=<dir> [ARCH=fast|faster|rcnn|rcnn,fast,faster] [BACKBONE=...] [EPOCHS=...] [EXTRA="--no-hflip ..."]
 #                                  (settings not given keep the defaults `rcnn pipeline --help` shows)
 #                                  (without DATA: a synthetic dataset generated in data/synth)
 PYTHON   ?= python3

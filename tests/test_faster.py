@@ -184,3 +184,22 @@ def test_faster_ddp_on_two_processes_equals_one_process(synth_parsed, tmp_path):
     torch.manual_seed(0)
     init = FasterRCNN(FasterConfig(**settings), len(a["roi_heads.box_predictor.cls_score.bias"])).state_dict()
     assert not torch.allclose(init["rpn.head.cls_logits.weight"], a["rpn.head.cls_logits.weight"])
+
+
+def test_propose_with_a_faster_model_writes_its_rpn_proposals(data, trained, tmp_path):
+    """`rcnn propose PARSED --model FASTER` stores the RPN's boxes as selective search's, with their recall."""
+    from rcnn.io import load_rgb
+    from rcnn.propose import ProposalSet, recall
+
+    ds, parsed = data
+    out = tmp_path / "props"
+    r = CliRunner().invoke(main, ["propose", str(parsed), "--out", str(out), "--model", str(trained[0]), "--split", "test",
+                                  "--max-proposals", "50"])
+    assert r.exit_code == 0, r.output
+    pset, model = ProposalSet.load(out), load_model(trained[0], "cpu")
+    images = ds.split("test")
+    expected = [model.net.propose(load_rgb(a.path), 50) for a in images]
+    for a, boxes in zip(images, expected):
+        np.testing.assert_allclose(pset.boxes(a.id), boxes, atol=1e-3)
+    covered, total = recall([a.boxes() for a in images], expected, 0.5)
+    assert json.loads((out / "report.json").read_text())["recall50"] == pytest.approx(covered / total, abs=1e-4)

@@ -31,7 +31,7 @@ from ...parse import Dataset
 from ...postprocess import select_detections
 from ...propose import ProposeConfig
 from ...tune import fit_model_config
-from ..fast.data import ImageSample, image_seed, sample_targets
+from ..fast.data import ImageSample, hard_negative_pool, image_seed, sample_targets
 from ..fast.losses import roi_loss, validate
 from ..fast.network import BOX_WEIGHTS
 from ..fast.train import FastRun, model_config, optimiser, prepare
@@ -55,12 +55,18 @@ def build_net(config: FasterConfig, n_classes: int) -> FasterRCNN:
 
 
 def image_losses(net: FasterRCNN, sample: ImageSample, flip: bool, weight: torch.Tensor | None,
-                 device: torch.device) -> torch.Tensor:
-    """The four losses ``[4]`` of one image (or its mirror): the head's class and box terms, the RPN's objectness and box."""
+                 device: torch.device, bg_iou_low: float = 0.0) -> torch.Tensor:
+    """The four losses ``[4]`` of one image (or its mirror): the head's class and box terms, the RPN's objectness and box.
+
+    The head samples its regions among the RPN's proposals that overlap some object at IoU >= ``bg_iou_low`` (and the
+    ground truth), as Fast R-CNN samples selective search's: backgrounds are the hard ones.
+    """
     f, _, gt = sample_targets(sample, flip)
     targets = [{"boxes": gt.to(device), "labels": sample.labels.to(device)}]
     maps = net.late(f.to(device).float())
     proposals, rpn = net.proposals(maps, sample.size, targets)
+    if bg_iou_low > 0:
+        proposals = hard_negative_pool(proposals, targets[0]["boxes"], bg_iou_low)
     rois, _, labels, reg_targets = net.roi_heads.select_training_samples([proposals], targets)
     logits, regression = net.roi_outputs(maps, rois, [sample.size])
     cls, box = roi_loss(logits, regression, labels[0], reg_targets[0], weight)
@@ -70,15 +76,15 @@ def image_losses(net: FasterRCNN, sample: ImageSample, flip: bool, weight: torch
 class StepLosses(nn.Module):
     """A step's images as one ``forward`` (what DistributedDataParallel wraps): the mean of their losses ``[4]``."""
 
-    def __init__(self, net: FasterRCNN, weight: torch.Tensor | None, device: torch.device) -> None:
+    def __init__(self, net: FasterRCNN, weight: torch.Tensor | None, device: torch.device, bg_iou_low: float = 0.0) -> None:
         super().__init__()
-        self.net, self.weight, self.device = net, weight, device
+        self.net, self.weight, self.device, self.bg_iou_low = net, weight, device, bg_iou_low
 
     def forward(self, samples: list[ImageSample], flips: list[bool], seeds: list[int]) -> torch.Tensor:
         losses = []
         for sample, flip, seed in zip(samples, flips, seeds):
             torch.manual_seed(seed)  # the samplers' draws: the same whichever process takes the image
-            losses.append(image_losses(self.net, sample, flip, self.weight, self.device))
+            losses.append(image_losses(self.net, sample, flip, self.weight, self.device, self.bg_iou_low))
         return torch.stack(losses).mean(0)
 
 
@@ -133,7 +139,7 @@ def run_epochs(run: FastRun, progress: bool) -> tuple[Best, list[dict[str, float
 
     config, dist = run.config, run.dist
     opt, sched, steps_per_epoch = optimiser(run)
-    step: nn.Module = StepLosses(run.net, run.weight, run.device)
+    step: nn.Module = StepLosses(run.net, run.weight, run.device, config.bg_iou_low)
     if dist.distributed:  # every BatchNorm keeps its ImageNet statistics (FastRCNN.train): no buffers to sync
         step = ddp_wrap(step, run.device, sync_buffers=False)
     run.net.train()
