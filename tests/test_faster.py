@@ -50,7 +50,8 @@ def test_tiny_faster_rcnn_learns_proposals_and_detections(data, trained, tmp_pat
     assert last["train_rpn_objectness"] < 0.5 * first["train_rpn_objectness"]
     assert last["train_rpn_box_loss"] < first["train_rpn_box_loss"]
     assert last["train_cls_loss"] < first["train_cls_loss"]
-    assert report["arch"] == "faster" and report["best_epoch"] == 1 + int(np.argmax([h["val_map50"] for h in report["history"]]))
+    maps = [h["val_map50"] for h in report["history"]]
+    assert report["arch"] == "faster" and report["best_epoch"] == len(maps) - int(np.argmax(maps[::-1]))  # ties: the later
 
     def no_selective_search(*args, **kwargs):
         raise AssertionError("a faster model must not run selective search")

@@ -133,13 +133,7 @@ def one_image_steps(run: FastRun) -> tuple[Iterator[Any], Callable[[Any], StepRe
 
 def shared_steps(run: FastRun, step_net: nn.Module, epoch: int, steps_per_epoch: int) -> tuple[Iterator[Any], Callable[[Any], StepResult]]:
     """An epoch of ``images_per_step`` images per step, split over the processes: (batches, their loss)."""
-    rng, config, dist, per_step = run.rng, run.config, run.dist, run.config.images_per_step
-
-    def batches() -> Iterator[tuple[int, np.ndarray, list[bool]]]:
-        perm = rng.permutation(len(run.train))  # the same on every process: they share the seed
-        for step in range(steps_per_epoch):
-            images = perm[step * per_step : (step + 1) * per_step]
-            yield step, images, [config.hflip and bool(rng.integers(2)) for _ in images]
+    config, dist, per_step = run.config, run.dist, run.config.images_per_step
 
     def loss_of(batch: tuple[int, np.ndarray, list[bool]]) -> StepResult:
         step, images, flips = batch
@@ -155,7 +149,16 @@ def shared_steps(run: FastRun, step_net: nn.Module, epoch: int, steps_per_epoch:
         loss = (cls_sum / totals[0] + box_sum / totals[1]) * dist.world_size
         return loss, cls + box, (cls.item(), box.item())
 
-    return batches(), loss_of
+    return step_batches(run, steps_per_epoch), loss_of
+
+
+def step_batches(run: FastRun, steps_per_epoch: int) -> Iterator[tuple[int, np.ndarray, list[bool]]]:
+    """An epoch's steps of ``images_per_step`` images each: (step, image indices, whether each is mirrored)."""
+    rng, config, per_step = run.rng, run.config, run.config.images_per_step
+    perm = rng.permutation(len(run.train))  # the same on every process: they share the seed
+    for step in range(steps_per_epoch):
+        images = perm[step * per_step : (step + 1) * per_step]
+        yield step, images, [config.hflip and bool(rng.integers(2)) for _ in images]
 
 
 def run_epochs(run: FastRun, progress: bool) -> tuple[Best, list[dict[str, float]], float]:

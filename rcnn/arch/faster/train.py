@@ -34,7 +34,7 @@ from ...tune import fit_model_config
 from ..fast.data import ImageSample, hard_negative_pool, image_seed, sample_targets
 from ..fast.losses import roi_loss, validate
 from ..fast.network import BOX_WEIGHTS
-from ..fast.train import FastRun, model_config, optimiser, prepare
+from ..fast.train import FastRun, model_config, optimiser, prepare, step_batches
 from . import SPEC
 from .config import FasterConfig
 from .network import FasterRCNN
@@ -90,13 +90,7 @@ class StepLosses(nn.Module):
 
 def steps(run: FastRun, step: nn.Module, epoch: int, steps_per_epoch: int) -> tuple[Iterator[Any], Callable[[Any], StepResult]]:
     """An epoch of ``images_per_step`` images per step, split over the processes: (batches, their loss)."""
-    rng, config, dist, per_step = run.rng, run.config, run.dist, run.config.images_per_step
-
-    def batches() -> Iterator[tuple[int, np.ndarray, list[bool]]]:
-        perm = rng.permutation(len(run.train))  # the same on every process: they share the seed
-        for k in range(steps_per_epoch):
-            images = perm[k * per_step : (k + 1) * per_step]
-            yield k, images, [config.hflip and bool(rng.integers(2)) for _ in images]
+    config, dist, per_step = run.config, run.dist, run.config.images_per_step
 
     def loss_of(batch: tuple[int, np.ndarray, list[bool]]) -> StepResult:
         k, images, flips = batch
@@ -107,7 +101,7 @@ def steps(run: FastRun, step: nn.Module, epoch: int, steps_per_epoch: int) -> tu
         shown = all_reduce_sum(dist, parts.detach()) / dist.world_size if dist.distributed else parts.detach()
         return parts.sum(), shown.sum(), [float(v) for v in shown]
 
-    return batches(), loss_of
+    return step_batches(run, steps_per_epoch), loss_of
 
 
 @torch.inference_mode()
