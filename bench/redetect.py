@@ -1,10 +1,11 @@
 """Detection settings judged on the dev suite without training again: each model `bench/quality.py` trained
 detects its dev-test images once per setting, on the same stored proposals, in one run.
 
-Usage: python bench/redetect.py OUT [--variant NAME:SETTING=VALUE,...] ...
+Usage: python bench/redetect.py OUT [OUT ...] [--variant NAME:SETTING=VALUE,...] ...
 
 OUT is a `bench/quality.py --out` folder (``OUT/NAME/seed-S`` pipeline folders). Each ``--variant`` is a name and
-DetectConfig settings (``old:nms_iou=0.3,vote_iou=0.5``; ``tta:hflip_tta=true``); ``model`` (no settings: what each
+DetectConfig settings (``old:nms_iou=0.3,vote_iou=0.5``; ``tta:hflip_tta=true``), or attributes of the network
+prefixed ``net.`` (``refine:net.refine_steps=1``); ``model`` (no settings: what each
 model recorded, its fitted post-processing) is always run first. Prints, per variant, one line per dataset
 ``VARIANT DATASET map50=... map50_95=... s_per_image=...`` (means over seeds) and ``VARIANT suite mean map50=...``,
 with the time per image as a ratio to ``model``'s, measured in the same run.
@@ -38,6 +39,9 @@ def run_variant(folder: Path, settings: dict[str, Any], out: Path) -> tuple[floa
     """(mAP@0.5, mAP@[.5:.95], seconds per image) of the pipeline folder's model on its test split with ``settings``."""
     ds = Dataset.load(folder / "parsed.json")
     model = load_model(folder / "model", "cpu")
+    for key in [k for k in settings if k.startswith("net.")]:  # an attribute of the network (net.refine_steps=1)
+        setattr(model.net, key[4:], settings[key])
+    settings = {k: v for k, v in settings.items() if not k.startswith("net.")}
     images = [a.path for a in ds.split("test")]
     t = time.perf_counter()
     detect(model, images, out, replace(DetectConfig(), **settings), save_images=False,
@@ -49,15 +53,15 @@ def run_variant(folder: Path, settings: dict[str, Any], out: Path) -> tuple[floa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path, help="a bench/quality.py --out folder")
+    ap.add_argument("out", type=Path, nargs="+", help="bench/quality.py --out folders (their runs are pooled)")
     ap.add_argument("--variant", action="append", default=[], help="NAME:SETTING=VALUE,... (DetectConfig fields)")
     args = ap.parse_args()
     variants = [("model", {}), *map(parse_variant, args.variant)]
-    runs = sorted(p for p in args.out.glob("*/seed-*") if (p / "model").is_dir())
+    runs = sorted((p for out in args.out for p in out.glob("*/seed-*") if (p / "model").is_dir()), key=lambda p: p.parts[-2:])
     results: dict[str, dict[str, list[tuple[float, float, float]]]] = {name: {} for name, _ in variants}
     for folder in runs:  # every variant of one model before the next: they see the same machine
         for name, settings in variants:
-            r = run_variant(folder, settings, args.out / "redetect" / name / folder.parent.name / folder.name)
+            r = run_variant(folder, settings, args.out[0] / "redetect" / name / folder.parent.name / folder.name)
             results[name].setdefault(folder.parent.name, []).append(r)
             print(f"  {name} {folder.parent.name}/{folder.name}: map50={r[0]:.4f} map50_95={r[1]:.4f} s={r[2]:.3f}", flush=True)
     base = {d: statistics.mean(x[2] for x in v) for d, v in results["model"].items()}

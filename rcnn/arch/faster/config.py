@@ -36,6 +36,9 @@ class FasterConfig(FastConfig):
     rpn_post_nms_train: int = 2000  # ... and proposals after it (RoIHeads samples rois_per_image of them)
     rpn_pre_nms_test: int = 1000  # the same at detection (the detector scores the first scored_proposals)
     rpn_post_nms_test: int = 1000
+    # Detection: move each proposal by the head's box deltas and score it again, this many times (0: once, as
+    # Fast R-CNN scores its proposals). Measured on the dev suite in docs/faster.md.
+    refine_steps: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,8 +50,9 @@ class FasterConfig(FastConfig):
             raise ValueError(f"need 0 <= rpn_bg_iou <= rpn_fg_iou <= 1 and 0 < rpn_nms_iou <= 1; got {self.rpn_bg_iou}, "
                              f"{self.rpn_fg_iou}, {self.rpn_nms_iou}")
         counts = (self.rpn_batch, self.rpn_pre_nms_train, self.rpn_post_nms_train, self.rpn_pre_nms_test, self.rpn_post_nms_test)
-        if min(counts) < 1:
-            raise ValueError(f"the RPN's batch and proposal counts must be >= 1; got {counts}")
+        if min(counts) < 1 or not 0 <= self.refine_steps <= 3:
+            raise ValueError(f"the RPN's batch and proposal counts must be >= 1 and refine_steps in [0, 3]; got {counts}, "
+                             f"{self.refine_steps}")
 
 
 def from_record(train: dict[str, Any]) -> FasterConfig:

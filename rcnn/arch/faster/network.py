@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import clip_boxes_to_image
 
 from ..fast.network import BOX_WEIGHTS, FastRCNN, out_channels, scale_factors
 from .config import FasterConfig, from_record
@@ -31,6 +32,7 @@ class FasterRCNN(FastRCNN):
             anchors, RPNHead(channels, anchors.num_anchors_per_location()[0]), c.rpn_fg_iou, c.rpn_bg_iou, c.rpn_batch,
             0.5, {"training": c.rpn_pre_nms_train, "testing": c.rpn_pre_nms_test},
             {"training": c.rpn_post_nms_train, "testing": c.rpn_post_nms_test}, c.rpn_nms_iou)
+        self.refine_steps = c.refine_steps
 
     def proposals(self, maps: dict[str, torch.Tensor], size: tuple[int, int],
                   targets: list[dict[str, torch.Tensor]] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -46,7 +48,11 @@ class FasterRCNN(FastRCNN):
 
     @torch.inference_mode()
     def detect(self, image: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(the first ``n`` proposals ``[N, 4]``, their class probabilities ``[N, C]``, box deltas ``[N, C, 4]``)."""
+        """(the first ``n`` proposals ``[N, 4]``, their class probabilities ``[N, C]``, box deltas ``[N, C, 4]``).
+
+        With ``refine_steps``, each proposal is first moved by the head's deltas for its best class and pooled and
+        scored again (iterative box regression, Gidaris & Komodakis 2015); the moved boxes are returned.
+        """
         x, size = self.prepare(image)
         maps = self.late(self.early(x))
         boxes = self.proposals(maps, size)[0][:n]
@@ -54,6 +60,11 @@ class FasterRCNN(FastRCNN):
         if len(boxes) == 0:
             return np.zeros((0, 4), np.float32), np.zeros((0, c), np.float32), np.zeros((0, c, 4), np.float32)
         logits, regression = self.roi_outputs(maps, [boxes], [size])
+        for _ in range(self.refine_steps):
+            best = logits[:, 1:].argmax(1) + 1
+            moved = self.roi_heads.box_coder.decode_single(regression.view(len(boxes), -1, 4)[torch.arange(len(boxes)), best], boxes)
+            boxes = clip_boxes_to_image(moved, size)
+            logits, regression = self.roi_outputs(maps, [boxes], [size])
         deltas = regression.view(len(boxes), -1, 4) / torch.tensor(BOX_WEIGHTS, device=x.device)
         original = boxes / scale_factors(image.shape[:2], size).to(boxes.device)
         return (original.float().cpu().numpy(), torch.softmax(logits, 1).float().cpu().numpy(), deltas.float().cpu().numpy())
