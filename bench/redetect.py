@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], help="NAME:SETTING=VALUE,... (DetectConfig fields)")
     args = ap.parse_args()
     variants = [("model", {}), *map(parse_variant, args.variant)]
-    runs = sorted((p for out in args.out for p in out.glob("*/seed-*") if (p / "model").is_dir()), key=lambda p: p.parts[-2:])
+    runs = sorted((p for out in args.out for p in out.glob("*/seed-*") if (p / "metrics.json").is_file()), key=lambda p: p.parts[-2:])
     results: dict[str, dict[str, list[tuple[float, float, float]]]] = {name: {} for name, _ in variants}
     for folder in runs:  # every variant of one model before the next: they see the same machine
         for name, settings in variants:

@@ -204,3 +204,20 @@ def test_propose_with_a_faster_model_writes_its_rpn_proposals(data, trained, tmp
         np.testing.assert_allclose(pset.boxes(a.id), boxes, atol=1e-3)
     covered, total = recall([a.boxes() for a in images], expected, 0.5)
     assert json.loads((out / "report.json").read_text())["recall50"] == pytest.approx(covered / total, abs=1e-4)
+
+
+def test_the_family_compares_fast_and_faster_on_one_split(synth_data, tmp_path):
+    """`rcnn pipeline --arch fast,faster`: faster runs no propose stage, its proposal recall is its own RPN's and its
+    detection seconds (with proposals) are its scoring seconds; compare.json carries both rows."""
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["pipeline", str(synth_data), "--out", str(out), "--arch", "fast,faster", "--epochs", "2",
+                                  "--image-size", "128", "--no-report", "--max-side", "200", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    compare = json.loads((out / "compare.json").read_text())
+    assert [row["arch"] for row in compare["archs"]] == ["fast", "faster"]
+    faster = json.loads((out / "faster" / "metrics.json").read_text())
+    assert faster["arch"] == "faster" and "propose" not in faster["seconds"]
+    assert faster["detect_seconds_per_image_with_proposals"] == faster["detect_seconds_per_image"]
+    assert 0.0 <= faster["proposal_recall50"] <= 1.0
+    row = compare["archs"][1]
+    assert row["map50"] == faster["map50"] and row["detect_seconds_per_image"] == faster["detect_seconds_per_image"]
