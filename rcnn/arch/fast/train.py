@@ -219,22 +219,28 @@ def train_fast(images: list[Any], classes: list[str], proposals: Any, config: Fa
         return None
     run.net.load_state_dict(best.best_net)
     val_loss, cm = validate(run.net, run.val, run.n_classes, config.fg_iou, run.device)
+    return run.net.eval(), run_report(run, SPEC.name, classes, best, history, epoch_seconds, val_loss, cm)
+
+
+def run_report(run: FastRun, arch: str, classes: list[str], best: Best, history: list[dict[str, float]],
+               epoch_seconds: float, val_loss: float, cm: np.ndarray, **extra: Any) -> dict[str, Any]:
+    """report.json of a training run on cached frozen stages (Fast and Faster R-CNN), ``extra`` keys added."""
     names = ["background", *classes]
     report = {
-        "format": REPORT_FORMAT, "arch": SPEC.name, **val_metrics(cm, names), "val_loss": round(val_loss, 5),
-        "val_accuracy": round(float(np.trace(cm) / max(cm.sum(), 1)), 4),
-        "best_epoch": best.best_epoch, "epochs": config.epochs, "epochs_run": config.epochs,
+        "format": REPORT_FORMAT, "arch": arch, **val_metrics(cm, names), "val_loss": round(val_loss, 5),
+        "val_accuracy": round(float(np.trace(cm) / max(cm.sum(), 1)), 4), **extra,
+        "best_epoch": best.best_epoch, "epochs": run.config.epochs, "epochs_run": run.config.epochs,
         "confusion": {"classes": names, "matrix": cm.tolist()},
         "images": {"train": len(run.train), "val": len(run.val)},
         "val_images": [s.image_id for s in run.val],  # held out: post-processing is fitted on them (rcnn.tune)
         "class_weights": run.weight.tolist() if run.weight is not None else None,
         "history": history, "device": str(run.device),
         "seconds": {"features": round(run.cache_seconds, 2), "epochs": round(epoch_seconds, 2)},
-        "config": asdict(config),
+        "config": asdict(run.config),
     }
-    if dist.distributed:
-        report["processes"] = dist.world_size
-    return run.net.eval(), report
+    if run.dist.distributed:
+        report["processes"] = run.dist.world_size
+    return report
 
 
 # --------------------------------------------------------------------------- the model folder

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ...distributed import Dist, all_reduce_sum, pick_device, session
-from ...engine import REPORT_FORMAT, Best, StepResult, commit_trained, ddp_wrap, finish_interrupted, train_one_epoch, val_metrics
+from ...engine import Best, StepResult, commit_trained, ddp_wrap, finish_interrupted, train_one_epoch
 from ...errors import DataError
 from ...evaluate import voc_map50
 from ...io import folder_lock, output_dir
@@ -34,7 +34,7 @@ from ...tune import fit_model_config
 from ..fast.data import ImageSample, hard_negative_pool, image_seed, sample_targets
 from ..fast.losses import roi_loss, validate
 from ..fast.network import BOX_WEIGHTS
-from ..fast.train import FastRun, model_config, optimiser, prepare, step_batches
+from ..fast.train import FastRun, model_config, optimiser, prepare, run_report, step_batches
 from . import SPEC
 from .config import FasterConfig
 from .network import FasterRCNN
@@ -176,21 +176,8 @@ def train_faster(images: list[Any], classes: list[str], config: FasterConfig, pr
         val = [replace(s, proposals=net.proposals(net.late(s.features[0].to(run.device).float()), s.size)[0][:VAL_PROPOSALS].cpu())
                for s in run.val]
     val_loss, cm = validate(net, val, run.n_classes, config.fg_iou, run.device)
-    names = ["background", *classes]
-    report = {
-        "format": REPORT_FORMAT, "arch": SPEC.name, **val_metrics(cm, names), "val_loss": round(val_loss, 5),
-        "val_accuracy": round(float(np.trace(cm) / max(cm.sum(), 1)), 4), "val_map50": round(-best.best_val_loss, 4),
-        "best_epoch": best.best_epoch, "epochs": config.epochs, "epochs_run": config.epochs,
-        "confusion": {"classes": names, "matrix": cm.tolist()},
-        "images": {"train": len(run.train), "val": len(run.val)},
-        "val_images": [s.image_id for s in run.val],  # held out: post-processing is fitted on them (rcnn.tune)
-        "class_weights": run.weight.tolist() if run.weight is not None else None,
-        "history": history, "device": str(run.device),
-        "seconds": {"features": round(run.cache_seconds, 2), "epochs": round(epoch_seconds, 2)},
-        "config": asdict(config),
-    }
-    if dist.distributed:
-        report["processes"] = dist.world_size
+    report = run_report(run, SPEC.name, classes, best, history, epoch_seconds, val_loss, cm,
+                        val_map50=round(-best.best_val_loss, 4))
     return net.eval(), report
 
 
