@@ -5,7 +5,7 @@ Usage: python bench/redetect.py OUT [OUT ...] [--variant NAME:SETTING=VALUE,...]
 
 OUT is a `bench/quality.py --out` folder (``OUT/NAME/seed-S`` pipeline folders). Each ``--variant`` is a name and
 DetectConfig settings (``old:nms_iou=0.3,vote_iou=0.5``; ``tta:hflip_tta=true``), or attributes of the network
-prefixed ``net.`` (``refine:net.refine_steps=1``); ``model`` (no settings: what each
+prefixed ``net.`` (``refine:net.refine_steps=1``, ``nms8:net.rpn.nms_thresh=0.8``); ``model`` (no settings: what each
 model recorded, its fitted post-processing) is always run first. Prints, per variant, one line per dataset
 ``VARIANT DATASET map50=... map50_95=... s_per_image=...`` (means over seeds) and ``VARIANT suite mean map50=...``,
 with the time per image as a ratio to ``model``'s, measured in the same run.
@@ -39,8 +39,12 @@ def run_variant(folder: Path, settings: dict[str, Any], out: Path) -> tuple[floa
     """(mAP@0.5, mAP@[.5:.95], seconds per image) of the pipeline folder's model on its test split with ``settings``."""
     ds = Dataset.load(folder / "parsed.json")
     model = load_model(folder / "model", "cpu")
-    for key in [k for k in settings if k.startswith("net.")]:  # an attribute of the network (net.refine_steps=1)
-        setattr(model.net, key[4:], settings[key])
+    for key in [k for k in settings if k.startswith("net.")]:  # an attribute of the network (net.rpn.nms_thresh=0.8)
+        *path, name = key.split(".")[1:]
+        owner = model.net
+        for part in path:
+            owner = getattr(owner, part)
+        setattr(owner, name, settings[key])
     settings = {k: v for k, v in settings.items() if not k.startswith("net.")}
     images = [a.path for a in ds.split("test")]
     t = time.perf_counter()

@@ -272,12 +272,24 @@ def detect_cmd(model_dir: Path | None, inputs: tuple[str, ...], out: Path | None
         raise click.UsageError("--shard needs --out: every shard writes into the same run folder")
     config = configured(DetectConfig(), detect_settings(options))
     model = load_model(model_dir, config.device)
+    refuse_search_options(model, proposals, options)
     # selective search as the model was trained, with the options given on top
     config = dataclasses.replace(config, propose=configured(model_propose_config(model), options))
     with ray_session(ray, options.get("ray_timeout")):
         detect(model, list(inputs), out or next_run_dir("runs/detect", name), config, save_images=not no_images,
                save_xml=save_xml, proposals=proposals, echo=click.echo, warn=warn, source=source, shard=shard, ray=ray,
                **given(options, "save_txt", "save_conf", "save_crop"))
+
+
+def refuse_search_options(model: Any, proposals: Path | None, options: dict[str, Any]) -> None:
+    """A model that proposes its own regions (--arch faster) uses no selective search: its options are a mistake."""
+    if not model.spec.own_proposals:
+        return
+    given_names = [f"--{n.replace('_', '-')}" for n in ("mode", "max_side", "max_proposals", "min_size") if options.get(n) is not None]
+    if proposals is not None:
+        given_names.append("--proposals")
+    if given_names:
+        raise click.UsageError(f"{given_names[0]} is for selective search; a {model.spec.name} model proposes its own regions")
 
 
 # --------------------------------------------------------------------------- export

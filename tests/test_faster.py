@@ -131,10 +131,14 @@ def test_cli_errors_are_one_line(data, trained, tmp_path):
     r = CliRunner().invoke(main, ["detect", str(trained[0]), str(image), "--out", str(tmp_path / "run"), "--runtime", "onnx"])
     assert r.exit_code != 0 and "--runtime onnx is not available for --arch faster" in r.output
     assert "Traceback" not in r.output
+    for extra in (["--mode", "quality"], ["--max-side", "300"], ["--proposals", str(tmp_path)]):
+        r = CliRunner().invoke(main, ["detect", str(trained[0]), str(image), "--out", str(tmp_path / "run2"), *extra])
+        assert r.exit_code == 2 and f"{extra[0]} is for selective search; a faster model" in r.output, r.output
+        assert not (tmp_path / "run2").exists()
 
 
 @pytest.mark.parametrize("bad", [{"anchor_sizes": []}, {"anchor_ratios": [0.0]}, {"rpn_fg_iou": 0.2, "rpn_bg_iou": 0.3},
-                                 {"rpn_batch": 0}])
+                                 {"rpn_batch": 0}, {"gt_jitter": -1}, {"gt_jitter_scale": 1.0}])
 def test_bad_settings_are_refused(bad, trained, tmp_path):
     with pytest.raises(ValueError):
         FasterConfig(**bad)
@@ -221,3 +225,26 @@ def test_the_family_compares_fast_and_faster_on_one_split(synth_data, tmp_path):
     assert 0.0 <= faster["proposal_recall50"] <= 1.0
     row = compare["archs"][1]
     assert row["map50"] == faster["map50"] and row["detect_seconds_per_image"] == faster["detect_seconds_per_image"]
+
+
+def test_jittered_boxes_stay_within_the_stated_bounds():
+    from torchvision.ops import box_iou
+
+    from rcnn.arch.faster.train import jittered_boxes
+
+    torch.manual_seed(0)
+    gt = torch.tensor([[100.0, 100.0, 300.0, 250.0], [10.0, 10.0, 40.0, 30.0]])
+    boxes = jittered_boxes(gt, 500, 0.1, (400, 500))
+    assert boxes.shape == (1000, 4)
+    own = box_iou(boxes, gt)[torch.arange(1000), torch.arange(2).repeat_interleave(500)]  # each copy vs its own box
+    # centre moved by <= 0.1 of a side and sides scaled by [0.9, 1.1]: IoU >= (0.9 - 0.1) / 1.1 per axis, squared ...
+    assert own.min() >= ((0.8 / 1.1) ** 2) - 1e-6 and own.max() < 1.0
+    # ... and a spread of overlaps, not one box repeated
+    assert own.std() > 0.02
+    wh = boxes[:, 2:] - boxes[:, :2]
+    ref = (gt[:, 2:] - gt[:, :2]).repeat_interleave(500, 0)
+    assert ((wh / ref) >= 0.9 - 1e-5).all() and ((wh / ref) <= 1.1 + 1e-5).all()
+    clipped = jittered_boxes(torch.tensor([[0.0, 0.0, 50.0, 50.0]]), 200, 0.5, (40, 40))
+    assert clipped.min() >= 0 and clipped[:, 2:].max() <= 40
+    assert jittered_boxes(gt, 0, 0.1, (400, 500)).shape == (0, 4)
+    assert jittered_boxes(gt[:0], 5, 0.1, (400, 500)).shape == (0, 4)

@@ -36,6 +36,11 @@ class FasterConfig(FastConfig):
     rpn_post_nms_train: int = 2000  # ... and proposals after it (RoIHeads samples rois_per_image of them)
     rpn_pre_nms_test: int = 1000  # the same at detection (the detector scores the first scored_proposals)
     rpn_post_nms_test: int = 1000
+    # Training: this many jittered copies of each ground-truth box join the RPN's proposals among which the head
+    # samples its regions (centre moved and sides scaled by up to gt_jitter_scale of the box): the head then sees
+    # positives of every overlap, as Fast R-CNN does among selective search's regions. 0: torchvision's (none).
+    gt_jitter: int = 0
+    gt_jitter_scale: float = 0.25
     # Detection: move each proposal by the head's box deltas and score it again, this many times (0: once, as
     # Fast R-CNN scores its proposals). Measured on the dev suite in docs/faster.md.
     refine_steps: int = 0
@@ -50,6 +55,8 @@ class FasterConfig(FastConfig):
             raise ValueError(f"need 0 <= rpn_bg_iou <= rpn_fg_iou <= 1 and 0 < rpn_nms_iou <= 1; got {self.rpn_bg_iou}, "
                              f"{self.rpn_fg_iou}, {self.rpn_nms_iou}")
         counts = (self.rpn_batch, self.rpn_pre_nms_train, self.rpn_post_nms_train, self.rpn_pre_nms_test, self.rpn_post_nms_test)
+        if self.gt_jitter < 0 or not 0.0 <= self.gt_jitter_scale < 1.0:
+            raise ValueError(f"need gt_jitter >= 0 and 0 <= gt_jitter_scale < 1; got {self.gt_jitter}, {self.gt_jitter_scale}")
         if min(counts) < 1 or not 0 <= self.refine_steps <= 3:
             raise ValueError(f"the RPN's batch and proposal counts must be >= 1 and refine_steps in [0, 3]; got {counts}, "
                              f"{self.refine_steps}")

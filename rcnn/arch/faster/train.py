@@ -54,12 +54,28 @@ def build_net(config: FasterConfig, n_classes: int) -> FasterRCNN:
     return FasterRCNN(config, n_classes)
 
 
+def jittered_boxes(gt: torch.Tensor, copies: int, scale: float, size: tuple[int, int]) -> torch.Tensor:
+    """``copies`` random boxes around each of ``gt`` ``[G, 4]`` (``[G * copies, 4]``, clipped to ``size`` (h, w)):
+    the centre moved by up to ``scale`` of the box's width and height, each side scaled by a factor in
+    ``[1 - scale, 1 + scale]``. Draws from torch's global generator (seeded per image by :class:`StepLosses`)."""
+    from torchvision.ops import clip_boxes_to_image
+
+    if copies == 0 or len(gt) == 0:
+        return gt.new_zeros((0, 4))
+    wh = (gt[:, 2:] - gt[:, :2]).repeat_interleave(copies, 0)
+    centre = (gt[:, :2] + gt[:, 2:]).repeat_interleave(copies, 0) / 2
+    u = (torch.rand(len(wh), 4, device=gt.device) * 2 - 1) * scale
+    centre, wh = centre + u[:, :2] * wh, wh * (1 + u[:, 2:])
+    return clip_boxes_to_image(torch.cat([centre - wh / 2, centre + wh / 2], 1), size)
+
+
 def image_losses(net: FasterRCNN, sample: ImageSample, flip: bool, weight: torch.Tensor | None,
-                 device: torch.device, bg_iou_low: float = 0.0) -> torch.Tensor:
+                 device: torch.device, bg_iou_low: float = 0.0, jitter: tuple[int, float] = (0, 0.0)) -> torch.Tensor:
     """The four losses ``[4]`` of one image (or its mirror): the head's class and box terms, the RPN's objectness and box.
 
     The head samples its regions among the RPN's proposals that overlap some object at IoU >= ``bg_iou_low`` (and the
-    ground truth), as Fast R-CNN samples selective search's: backgrounds are the hard ones.
+    ground truth, and ``jitter[0]`` copies of each ground-truth box jittered by ``jitter[1]``), as Fast R-CNN samples
+    selective search's: backgrounds are the hard ones.
     """
     f, _, gt = sample_targets(sample, flip)
     targets = [{"boxes": gt.to(device), "labels": sample.labels.to(device)}]
@@ -67,6 +83,8 @@ def image_losses(net: FasterRCNN, sample: ImageSample, flip: bool, weight: torch
     proposals, rpn = net.proposals(maps, sample.size, targets)
     if bg_iou_low > 0:
         proposals = hard_negative_pool(proposals, targets[0]["boxes"], bg_iou_low)
+    if jitter[0]:
+        proposals = torch.cat([proposals, jittered_boxes(targets[0]["boxes"], jitter[0], jitter[1], sample.size)])
     rois, _, labels, reg_targets = net.roi_heads.select_training_samples([proposals], targets)
     logits, regression = net.roi_outputs(maps, rois, [sample.size])
     cls, box = roi_loss(logits, regression, labels[0], reg_targets[0], weight)
@@ -76,15 +94,16 @@ def image_losses(net: FasterRCNN, sample: ImageSample, flip: bool, weight: torch
 class StepLosses(nn.Module):
     """A step's images as one ``forward`` (what DistributedDataParallel wraps): the mean of their losses ``[4]``."""
 
-    def __init__(self, net: FasterRCNN, weight: torch.Tensor | None, device: torch.device, bg_iou_low: float = 0.0) -> None:
+    def __init__(self, net: FasterRCNN, weight: torch.Tensor | None, device: torch.device, bg_iou_low: float = 0.0,
+                 jitter: tuple[int, float] = (0, 0.0)) -> None:
         super().__init__()
-        self.net, self.weight, self.device, self.bg_iou_low = net, weight, device, bg_iou_low
+        self.net, self.weight, self.device, self.bg_iou_low, self.jitter = net, weight, device, bg_iou_low, jitter
 
     def forward(self, samples: list[ImageSample], flips: list[bool], seeds: list[int]) -> torch.Tensor:
         losses = []
         for sample, flip, seed in zip(samples, flips, seeds):
             torch.manual_seed(seed)  # the samplers' draws: the same whichever process takes the image
-            losses.append(image_losses(self.net, sample, flip, self.weight, self.device, self.bg_iou_low))
+            losses.append(image_losses(self.net, sample, flip, self.weight, self.device, self.bg_iou_low, self.jitter))
         return torch.stack(losses).mean(0)
 
 
@@ -133,7 +152,7 @@ def run_epochs(run: FastRun, progress: bool) -> tuple[Best, list[dict[str, float
 
     config, dist = run.config, run.dist
     opt, sched, steps_per_epoch = optimiser(run)
-    step: nn.Module = StepLosses(run.net, run.weight, run.device, config.bg_iou_low)
+    step: nn.Module = StepLosses(run.net, run.weight, run.device, config.bg_iou_low, (config.gt_jitter, config.gt_jitter_scale))
     if dist.distributed:  # every BatchNorm keeps its ImageNet statistics (FastRCNN.train): no buffers to sync
         step = ddp_wrap(step, run.device, sync_buffers=False)
     run.net.train()
