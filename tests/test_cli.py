@@ -223,7 +223,9 @@ def test_options_reach_their_fields(monkeypatch, paths):
 
 
 def fake_model(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    model = SimpleNamespace(config=SimpleNamespace(propose=ProposeConfig(max_side=123, mode="quality")))
+    from rcnn.arch import get_arch
+
+    model = SimpleNamespace(config=SimpleNamespace(propose=ProposeConfig(max_side=123, mode="quality")), spec=get_arch("fast"))
     return record(monkeypatch, "rcnn.model", "load_model", model)
 
 
