@@ -104,12 +104,16 @@ class Best:
     best_val_loss: float = math.inf
     best_epoch: int = 0  # 0: none yet
     best_net: dict[str, torch.Tensor] | None = None  # its weights (CPU)
+    lowest: float = math.inf  # the lowest validation loss seen (best_val_loss may be a later epoch's, within tolerance)
 
-    def offer(self, val_loss: float, epoch: int, net: nn.Module, ties_to_later: bool = False) -> bool:
-        """Keep ``net``'s weights if ``val_loss`` is the lowest so far (or, ``ties_to_later``, equal to it: a later epoch
-        has seen more steps, and a coarse measure such as the mAP of a few images ties often); returns whether it was."""
-        if not (val_loss <= self.best_val_loss if ties_to_later and self.best_net is not None else val_loss < self.best_val_loss):
+    def offer(self, val_loss: float, epoch: int, net: nn.Module, ties_to_later: bool = False, tolerance: float = 0.0) -> bool:
+        """Keep ``net``'s weights if ``val_loss`` is the lowest so far (or, ``ties_to_later``, at most ``tolerance`` above
+        the lowest: a later epoch has seen more steps, and a coarse measure such as the mAP of a few images ties or
+        wavers often); returns whether it was."""
+        later_wins = ties_to_later and self.best_net is not None
+        if not (val_loss <= self.lowest + tolerance if later_wins else val_loss < self.best_val_loss):
             return False
+        self.lowest = min(self.lowest, val_loss)
         self.best_val_loss, self.best_epoch, self.best_net = val_loss, epoch, snapshot(net)
         return True
 

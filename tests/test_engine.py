@@ -81,6 +81,18 @@ def test_best_keeps_a_copy_of_the_lowest_epoch_only():
     assert best.offer(0.1, 4, net) and best.best_epoch == 4
 
 
+def test_a_later_epoch_within_the_tolerance_of_the_lowest_is_kept():
+    net = nn.Linear(2, 1)
+    losses = [-0.70, -0.9174, -0.8977, -0.9149, -0.89, -0.85]  # minus validation mAPs, as Faster R-CNN offers them
+    best = Best()
+    kept = [best.offer(v, e, net, ties_to_later=True, tolerance=0.02) for e, v in enumerate(losses, 1)]
+    # each later epoch is measured against the lowest seen (0.9174), not against the last kept one: no drift
+    assert kept == [True, True, True, True, False, False] and best.best_epoch == 4 and best.lowest == -0.9174
+    assert best.best_val_loss == -0.9149
+    strict = Best()
+    assert [strict.offer(v, e, net, ties_to_later=True) for e, v in enumerate(losses, 1)] == [True, True, False, False, False, False]
+
+
 def test_precision_recall_against_counting():
     cm = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])  # rows true, columns predicted; class 2 never seen
     precision, recall = precision_recall(cm, ["bg", "a", "b"])
