@@ -210,13 +210,14 @@ def crop(parsed: Path, proposals: Path, out: Path, split: str, fmt: str, **optio
 @click.option("--resume", is_flag=True, help="--arch rcnn: continue an interrupted run from OUT/checkpoint.pt.")
 @handle_errors
 def train_cmd(source: Path, out: Path, arch: str | None, proposals: Path | None, resume: bool, **options: Any) -> None:
-    """Train a detector: Fast R-CNN on PARSED + --proposals, or the R-CNN region classifier on CROPS.
+    """Train a detector: Faster R-CNN on PARSED, Fast R-CNN on PARSED + --proposals, or the R-CNN region
+    classifier on CROPS (--arch picks another).
 
     Under torchrun (``torchrun --nproc_per_node N -m rcnn.cli train ...``) it trains on N processes.
     """
     from .distributed import current_rank, launch, parse_device_list
 
-    spec = get_arch(arch) if arch else arch_for_input(source.is_dir())
+    spec = get_arch(arch) if arch else arch_for_input(source.is_dir(), proposals is not None)
     check_train_arch(spec.name, source, proposals, resume, given(options))
     devices = parse_device_list(options.get("device"))
     if devices is not None:  # one process per device, under torchrun

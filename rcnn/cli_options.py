@@ -46,7 +46,8 @@ def arch_help(attribute: str) -> str:
 
 def train_arch_default() -> str:
     """The default of `rcnn train --arch`, which follows the input (:func:`rcnn.arch.arch_for_input`)."""
-    return f"{arch_for_input(False).name} for a file, {arch_for_input(True).name} for a folder"
+    return (f"{arch_for_input(False).name} for a file, {arch_for_input(False, proposals=True).name} for a file with "
+            f"--proposals, {arch_for_input(True).name} for a folder")
 
 
 # --------------------------------------------------------------------------- scaling out (rcnn.scale)
@@ -133,7 +134,8 @@ def proposer_max_help() -> str:
 
 BACKBONE = option_for(TRAIN, "backbone", "--backbone", type=RegistryChoice("backbones:BACKBONES"),
                       help="Feature extractor, registered in rcnn/backbones.py (efficientnet_lite0's ImageNet weights work offline).")
-FAST_DEFAULT = ("--arch fast", FAST)  # shared training options: where Fast R-CNN's default differs, --help says so
+# shared training options: where Fast and Faster R-CNN's default (the same settings) differs, --help says so
+FAST_DEFAULT = ("--arch fast, faster", FAST)
 
 
 def given_args(ctx: click.Context) -> list[str]:

@@ -56,8 +56,12 @@ def test_arch_choices_and_help_come_from_the_registry(monkeypatch):
 
 
 def test_train_arch_default_follows_the_input_kind():
-    assert arch_for_input(False) is ARCHS["fast"] and arch_for_input(True) is ARCHS["rcnn"]
-    assert "[default: fast for a file, rcnn for a folder]" in help_text("train")
+    assert DEFAULT_ARCH == "faster"
+    assert arch_for_input(False) is ARCHS["faster"] and arch_for_input(True) is ARCHS["rcnn"]
+    # stored proposals: the default finds its own, so the first registered one that takes them
+    assert arch_for_input(False, proposals=True) is ARCHS["fast"]
+    assert " ".join(help_text("train").split()).count(
+        "[default: faster for a file, fast for a file with --proposals, rcnn for a folder]") == 1
 
 
 def test_an_unknown_arch_is_a_one_line_error_naming_the_registered_ones(tmp_path):

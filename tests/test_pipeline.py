@@ -46,20 +46,24 @@ def test_pipeline_on_layout_without_imagesets(tmp_path, synth_data):
         model["nms_iou"], model["vote_iou"] if model["vote"] else 0.0)  # what ran: the model's
 
 
-def test_fast_pipeline_is_the_default(tmp_path, synth_data):
+@pytest.mark.parametrize("arch", [None, "fast"])
+def test_the_default_pipeline_is_faster_and_fast_is_one_option_away(tmp_path, synth_data, arch):
+    """No --arch: Faster R-CNN, which runs no propose stage; --arch fast: selective search, then Fast R-CNN."""
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["pipeline", str(synth_data), "--out", str(out), "--epochs", "4", "--image-size", "160",
-                                    "--max-side", "200", "--test-fraction", "0.25"])
+                                    "--test-fraction", "0.25", *(["--arch", arch, "--max-side", "200"] if arch else [])])
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
-    assert set(m) == METRICS_KEYS and m["arch"] == "fast" and m["config"]["arch"] == "fast"
+    expected = arch or "faster"
+    assert set(m) == METRICS_KEYS and m["arch"] == expected and m["config"]["arch"] == expected
     assert m["config"]["train"]["image_size"] == 160 and m["config"]["train"]["epochs"] == 4 and "crop" not in m["config"]
-    assert set(m["seconds"]) == {"parse", "propose", "train", "detect", "evaluate", "total"}
-    assert not (out / "crops").exists()
+    stages = {"parse", "train", "detect", "evaluate", "total"} | ({"propose"} if arch else set())
+    assert set(m["seconds"]) == stages
+    assert not (out / "crops").exists() and (out / "proposals").exists() == bool(arch)
     assert set(m["ap50"]) == {"disc", "square"} and 0.0 <= m["map50_95"] <= m["map50"] <= 1.0
     assert m["map50"] > 0.5, m  # discs and squares on noise: learnt in 4 epochs from ImageNet features
     model = json.loads((out / "model" / "config.json").read_text())
-    assert model["arch"] == "fast" and model["postprocess"]["images"] >= 1  # fitted by the trainer
+    assert model["arch"] == expected and model["postprocess"]["images"] >= 1  # fitted by the trainer
     assert m["config"]["detect"]["nms_iou"] == model["nms_iou"]
 
 

@@ -25,9 +25,11 @@ from .rcnn import SPEC as RCNN
 from .spec import ArchSpec, load
 
 ARCHS: dict[str, ArchSpec] = {spec.name: spec for spec in (FAST, RCNN, FASTER)}  # one line per architecture
-# `rcnn pipeline` (and a `rcnn train` of a parsed file) uses Fast R-CNN unless told otherwise: measured on
-# raccoon and bccd (README), it is more accurate than the classic path and faster.
-DEFAULT_ARCH = "fast"
+# `rcnn pipeline` (and a `rcnn train` of a parsed file) uses Faster R-CNN unless told otherwise. Dev suite
+# (bench/quality.py, dev splits, seeds 0 and 1, mAP@0.5): fast 0.817 / 0.867 / 0.783 on bccd / raccoon /
+# roadsigns (mean 0.822), faster 0.879 / 0.853 / 0.866 (mean 0.866): raccoon within its seed spread (0.02),
+# the two many-object sets well above it, and no selective search at detection (README, docs/faster.md).
+DEFAULT_ARCH = "faster"
 LEGACY_ARCH = "rcnn"  # a model folder's config.json without "arch" was written before there were others
 
 __all__ = ["ARCHS", "DEFAULT_ARCH", "LEGACY_ARCH", "ArchSpec", "arch_for_input", "get_arch", "load"]
@@ -41,9 +43,14 @@ def get_arch(name: str) -> ArchSpec:
         raise ValueError(f"'arch={name}' is unknown; valid architectures are {', '.join(ARCHS)}") from None
 
 
-def arch_for_input(is_folder: bool) -> ArchSpec:
+def arch_for_input(is_folder: bool, proposals: bool = False) -> ArchSpec:
     """The architecture `rcnn train` picks without --arch: the default when it trains from this kind of
-    input (a folder: a region set; a file: a parsed dataset), else the first registered one that does."""
+    input (a folder: a region set; a file: a parsed dataset) and, given ``proposals`` (a file with
+    --proposals), takes stored proposals; else the first registered one that does."""
     kind = "regions" if is_folder else "parsed"
+
+    def fits(spec: ArchSpec) -> bool:
+        return spec.input == kind and not (proposals and spec.own_proposals)
+
     default = ARCHS[DEFAULT_ARCH]
-    return default if default.input == kind else next(s for s in ARCHS.values() if s.input == kind)
+    return default if fits(default) else next(s for s in ARCHS.values() if fits(s))
