@@ -323,9 +323,8 @@ def propose_dataset(
     """Compute (or reuse) proposals for the images of ``split`` and write ``out/report.json``.
 
     Args:
-        workers: processes; 0 means one per CPU core. Workers die with this process. With 1, selective search
-            runs in this process: its region order holds only while no other thread here calls libc rand()
-            (a Ray driver's threads do).
+        workers: processes; 0 means one per CPU core; they die with this process. 1: this process, whose region
+            order holds only while no other thread calls libc rand() (a Ray driver's threads do).
         echo, warn: where progress lines and per-image errors go (stdout and stderr by default).
         shard: (k, n): only the images of shard k of n (:func:`rcnn.scale.shard_of`, by path), and only
             ``report-shard-k-of-n.json``; shards may run at once into one ``out``. A run without ``shard``

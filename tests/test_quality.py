@@ -126,8 +126,8 @@ def test_main_runs_every_dataset_and_seed_and_writes_the_json(datasets: Path, tm
     monkeypatch.setattr(quality, "run_one", fake_run)
     code = quality.main(["--data", str(datasets), "--seeds", "0,1", "--set", "epochs=2", "--out", str(tmp_path / "q")])
     assert code == 0
-    assert [(n, s, a, e) for n, s, a, e, _ in seen] == [("cells", 0, "fast", 2), ("cells", 1, "fast", 2),
-                                                         ("discs", 0, "fast", 2), ("discs", 1, "fast", 2)]
+    assert [(n, s, a, e) for n, s, a, e, _ in seen] == [("cells", 0, "faster", 2), ("cells", 1, "faster", 2),
+                                                         ("discs", 0, "faster", 2), ("discs", 1, "faster", 2)]
     assert seen[0][4] == tmp_path / "q" / "cells" / "seed-0"
     lines = capsys.readouterr().out.splitlines()
     table = [ln for ln in lines if LINE.match(ln) and not ln.startswith("suite")]

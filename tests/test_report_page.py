@@ -269,13 +269,13 @@ def test_pipeline_writes_the_report(tmp_path: Path, synth_data: Path, synth_pars
     report = json.loads((out / "report" / "report.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     assert report["map50"] == metrics["map50"] and len(report["images"]) == metrics["n_test_images"]
-    assert report["model"]["arch"] == "fast" and report["model"]["backbone"] == metrics["backbone"]
+    assert report["model"]["arch"] == "faster" and report["model"]["backbone"] == metrics["backbone"]
     # a model folder: detected on the split first, into REPORT/detect, with the detection options given
     result = CliRunner().invoke(main, ["report", str(out / "model"), str(synth_parsed), "--out", str(tmp_path / "r"),
                                        "--workers", "1", "--device", "cpu", "--threshold", "0.2"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert report["model"]["arch"] == "fast" and report["model"]["detect"]["threshold"] == 0.2
+    assert report["model"]["arch"] == "faster" and report["model"]["detect"]["threshold"] == 0.2
     assert (tmp_path / "r" / "detect" / "detections.json").is_file() and (tmp_path / "r" / "index.html").is_file()
 
 
