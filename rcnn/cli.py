@@ -282,11 +282,19 @@ def detect_cmd(model_dir: Path | None, inputs: tuple[str, ...], out: Path | None
                **given(options, "save_txt", "save_conf", "save_crop"))
 
 
+SEARCH_OPTIONS = ("mode", "max_side", "max_proposals", "min_size")  # selective search's, which --arch faster does not run
+
+
+def search_options_given(options: dict[str, Any], names: tuple[str, ...] = SEARCH_OPTIONS) -> list[str]:
+    """The selective-search options among ``options`` that the user gave, as flags (``--max-side``)."""
+    return [f"--{n.replace('_', '-')}" for n in names if options.get(n) is not None]
+
+
 def refuse_search_options(model: Any, proposals: Path | None, options: dict[str, Any]) -> None:
     """A model that proposes its own regions (--arch faster) uses no selective search: its options are a mistake."""
     if not model.spec.own_proposals:
         return
-    given_names = [f"--{n.replace('_', '-')}" for n in ("mode", "max_side", "max_proposals", "min_size") if options.get(n) is not None]
+    given_names = search_options_given(options)
     if proposals is not None:
         given_names.append("--proposals")
     if given_names:
@@ -396,6 +404,9 @@ def pipeline_cmd(data: Path, out: Path, arch: list[str] | None, **options: Any) 
     config = PipelineConfig().with_settings(**detect_settings(options))
     if arch is None or len(arch) == 1:
         config = config.with_settings(arch=arch[0] if arch else None)
+        if get_arch(config.arch).own_proposals and (ignored := search_options_given(options, (*SEARCH_OPTIONS, "workers"))):
+            warn(f"warning: {', '.join(ignored)} set selective search, which --arch {config.arch} does not run "
+                 "(it proposes its own regions): ignored; --arch fast uses them")
         echo_result(run_pipeline(data, out, config, echo=click.echo, warn=warn), out)
         return
     from .compare import format_table, run_family

@@ -72,6 +72,17 @@ def test_pipeline_bad_folder_is_one_line(tmp_path):
     assert res.exit_code == 1 and "no VOC layout" in res.output
 
 
+@pytest.mark.parametrize("arch, warned", [(None, True), ("faster", True), ("fast", False), ("fast,faster", False)])
+def test_selective_search_options_are_named_as_ignored_for_an_architecture_without_it(tmp_path, arch, warned):
+    args = ["pipeline", str(tmp_path), "--out", str(tmp_path / "o"), "--max-side", "200", "--workers", "1"]
+    res = CliRunner().invoke(main, [*args, *(["--arch", arch] if arch else [])])
+    assert res.exit_code == 1 and "no VOC layout" in res.output  # the warning comes first, then the run
+    line = "warning: --max-side, --workers set selective search, which --arch faster does not run"
+    assert (line in res.output) == warned, res.output
+    quiet = CliRunner().invoke(main, ["pipeline", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "warning" not in quiet.output
+
+
 def test_settings_are_routed_to_the_stage_with_that_field():
     c = PipelineConfig().with_settings(epochs=3, size=64, device="cpu", threshold=0.5, workers=1, hflip=None)
     assert c.train == TrainConfig(epochs=3, device="cpu") and c.crop == CropConfig(size=64)
