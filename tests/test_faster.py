@@ -248,3 +248,16 @@ def test_jittered_boxes_stay_within_the_stated_bounds():
     assert clipped.min() >= 0 and clipped[:, 2:].max() <= 40
     assert jittered_boxes(gt, 0, 0.1, (400, 500)).shape == (0, 4)
     assert jittered_boxes(gt[:0], 5, 0.1, (400, 500)).shape == (0, 4)
+
+
+def test_a_parsed_file_without_objects_is_a_one_line_error_for_the_default(synth_parsed, tmp_path):
+    """`rcnn train PARSED` (Faster R-CNN, the default) on a file whose images have no objects: one line, exit 1."""
+    data = json.loads(synth_parsed.read_text())
+    for image in data["images"]:
+        image["objects"] = []
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps(data))
+    r = CliRunner().invoke(main, ["train", str(empty), "--out", str(tmp_path / "m"), "--epochs", "1"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.strip() == "Error: training needs at least 2 images with objects in the parsed file's train split; got 0"
+    assert not (tmp_path / "m" / "config.json").exists() and not (tmp_path / "m" / "model.pt").exists()  # no model

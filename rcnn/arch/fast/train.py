@@ -82,11 +82,11 @@ def prepare(images: list[Any], classes: list[str], proposals: Any, config: FastC
     net = build(config, n_classes).to(dist.device).train()
     usable = [a for a in images if len(a.objects)]
     if len(usable) < 2:
-        raise DataError(f"Fast R-CNN needs at least 2 training images with objects; got {len(usable)}")
+        raise DataError(f"training needs at least 2 images with objects in the parsed file's train split; got {len(usable)}")
     t0 = time.perf_counter()
     samples = cache_samples(net, usable, classes, proposals, config, progress, echo, dist)
     if len(samples) < 2:
-        raise DataError(f"Fast R-CNN needs at least 2 readable training images; got {len(samples)}")
+        raise DataError(f"training needs at least 2 readable training images with objects; got {len(samples)}")
     cache_seconds = time.perf_counter() - t0
     order = rng.permutation(len(samples))
     n_val = min(max(1, round(config.val_fraction * len(samples))), len(samples) - 1)
