@@ -26,9 +26,9 @@ from .spec import ArchSpec, load
 
 ARCHS: dict[str, ArchSpec] = {spec.name: spec for spec in (FAST, RCNN, FASTER)}  # one line per architecture
 # `rcnn pipeline` (and a `rcnn train` of a parsed file) uses Faster R-CNN unless told otherwise. Dev suite
-# (bench/quality.py, dev splits, seeds 0 and 1, mAP@0.5): fast 0.817 / 0.867 / 0.783 on bccd / raccoon /
-# roadsigns (mean 0.822), faster 0.879 / 0.853 / 0.866 (mean 0.866): raccoon within its seed spread (0.02),
-# the two many-object sets well above it, and no selective search at detection (README, docs/faster.md).
+# (bench/quality.py, dev splits, seeds 0 and 1, mAP@0.5, 2026-12-08): fast 0.820 / 0.882 / 0.798 on bccd /
+# raccoon / roadsigns (mean 0.833), faster 0.871 / 0.845 / 0.860 (mean 0.859): the two many-object sets well
+# above, raccoon 0.037 below, and no selective search at detection (README, docs/faster.md).
 DEFAULT_ARCH = "faster"
 LEGACY_ARCH = "rcnn"  # a model folder's config.json without "arch" was written before there were others
 
