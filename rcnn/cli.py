@@ -183,7 +183,7 @@ def crop(parsed: Path, proposals: Path, out: Path, split: str, fmt: str, **optio
 @click.argument("source", metavar="PARSED_OR_CROPS", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder to write.")
 @click.option("--arch", type=ARCH_CHOICE, help=f"{arch_help('summary')}  [default: {train_arch_default()}]")
-@click.option("--proposals", type=EXISTING_DIR, help="--arch fast: the `rcnn propose` folder of PARSED's training images.")
+@click.option("--proposals", type=EXISTING_DIR, help="--arch fast (the default with this option): the `rcnn propose` folder of PARSED's training images.")
 @BACKBONE
 @option_for(TRAIN, "weights", "--weights", help="imagenet, none (random), or a path to a state dict.")
 @option_for(TRAIN, "freeze_backbone", "--freeze-backbone/--fine-tune", help="--arch rcnn: train only the head on cached features, or the whole network.")
@@ -404,7 +404,7 @@ def pipeline_cmd(data: Path, out: Path, arch: list[str] | None, **options: Any) 
     config = PipelineConfig().with_settings(**detect_settings(options))
     if arch is None or len(arch) == 1:
         config = config.with_settings(arch=arch[0] if arch else None)
-        if get_arch(config.arch).own_proposals and (ignored := search_options_given(options, (*SEARCH_OPTIONS, "workers"))):
+        if get_arch(config.arch).own_proposals and (ignored := search_options_given(options)):  # --workers: the report's too
             warn(f"warning: {', '.join(ignored)} set selective search, which --arch {config.arch} does not run "
                  "(it proposes its own regions): ignored; --arch fast uses them")
         echo_result(run_pipeline(data, out, config, echo=click.echo, warn=warn), out)
